@@ -1,0 +1,81 @@
+"""The score stage: every candidate through every reward model (decoded once, scored N times), plus
+the video metrics, then the prompt group's statistics and group-relative advantages."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.stage import ActorStage
+from schemas.tables import VIDEO_METRIC_NAMES, raw_scores_schema, scores_schema
+
+_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def score_names(reward_models: list[str]) -> list[str]:
+    """Columns of the scores table: the reward models, then the video metrics."""
+    return list(reward_models) + list(VIDEO_METRIC_NAMES)
+
+
+@dataclass
+class ScoreStage(ActorStage):
+    """All configured reward models on one actor; a unit holds candidates of one modality."""
+
+    models: list[tuple[str, str, str]] = field(default_factory=list)  # (name, path or hub id, dtype)
+    out_dir: str = ""
+    video_frames: int = 4
+    name = "score"
+
+    def setup(self) -> None:
+        import torch
+
+        from reward_models.registry import reward_model_class
+
+        device = "cuda" if self.resources.num_gpus > 0 else "cpu"
+        self.loaded = {
+            name: reward_model_class(name).from_pretrained(path, device=device, dtype=getattr(torch, _DTYPES[dtype]))
+            for name, path, dtype in self.models
+        }
+
+    def process(self, tasks: list[dict[str, Any]]) -> pa.Table:
+        from PIL import Image
+
+        from pipeline.media import decode_image
+        from reward_models.video import read_frames, temporal_flicker
+
+        prompts = [t["prompt"] for t in tasks]
+        paths = [str(Path(self.out_dir) / t["media_path"]) for t in tasks]
+        cols: dict[str, Any] = {k: [t[k] for t in tasks] for k in ("prompt_id", "category", "modality")}
+        cols["candidate_id"] = [t["id"] for t in tasks]
+        if tasks[0]["modality"] == "video":
+            clips = [read_frames(p, self.video_frames) for p in paths]
+            videos = [[Image.fromarray(f) for f in clip] for clip in clips]
+            for name, model in self.loaded.items():
+                cols[name] = model.score_video(videos, prompts)
+            cols["temporal_flicker"] = [temporal_flicker(clip) for clip in clips]
+        else:
+            images = [decode_image(Path(p).read_bytes()) for p in paths]
+            for name, model in self.loaded.items():
+                cols[name] = model.score(images, prompts)
+            cols["temporal_flicker"] = [None] * len(tasks)
+        return pa.table(cols, schema=raw_scores_schema(score_names(list(self.loaded))))
+
+
+def add_group_stats(raw: pa.Table, scorers: list[str]) -> pa.Table:
+    """Per scorer: the prompt group's mean and (population) std, and (score - mean) / std."""
+    df = raw.to_pandas()
+    groups = df.groupby("prompt_id", sort=False)
+    for s in scorers:
+        mean = groups[s].transform("mean")
+        std = groups[s].transform(lambda x: x.std(ddof=0))
+        df[f"{s}_group_mean"] = mean
+        df[f"{s}_group_std"] = std
+        df[f"{s}_advantage"] = np.where(std > 0, (df[s] - mean) / std.where(std > 0, 1.0), 0.0)
+        df.loc[df[s].isna(), f"{s}_advantage"] = np.nan
+    schema = scores_schema(scorers)
+    return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+
+

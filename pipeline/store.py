@@ -1,0 +1,108 @@
+"""Parquet tables on disk that only ever become visible whole.
+
+A stage's output is either one file (`write_table`) or a folder of part files appended as work
+finishes (`PartStore`); both land by atomic rename, so a build killed at any moment leaves only
+complete files behind and resume can trust whatever it finds.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def write_table(table: pa.Table, path: str | Path) -> Path:
+    """Write a parquet file atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pq.write_table(table, f, compression="zstd")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
+    return pq.read_table(path, schema=schema)
+
+
+class PartStore:
+    """A table kept as `part-*.parquet` files under one folder, keyed by an id column.
+
+    Reads deduplicate by id (first occurrence wins) and sort by id, so the table's content does not
+    depend on how many times, or in which order, the parts were written.
+    """
+
+    def __init__(self, folder: str | Path, schema: pa.Schema, key: str):
+        self.folder = Path(folder)
+        self.schema = schema
+        self.key = key
+
+    def parts(self) -> list[Path]:
+        return sorted(self.folder.glob("part-*.parquet")) if self.folder.exists() else []
+
+    def ids(self) -> set[str]:
+        out: set[str] = set()
+        for p in self.parts():
+            out.update(pq.read_table(p, columns=[self.key]).column(0).to_pylist())
+        return out
+
+    def append(self, table: pa.Table) -> Path | None:
+        if table.num_rows == 0:
+            return None
+        table = table.select(self.schema.names).cast(self.schema)
+        ids = table.column(self.key).to_pylist()
+        name = hashlib.sha256("\x1f".join(sorted(ids)).encode()).hexdigest()[:16]
+        return write_table(table, self.folder / f"part-{name}.parquet")
+
+    def read(self) -> pa.Table:
+        tables = [pq.read_table(p, schema=self.schema) for p in self.parts()]
+        if not tables:
+            return self.schema.empty_table()
+        return dedupe_sorted(pa.concat_tables(tables), self.key)
+
+
+def dedupe_sorted(table: pa.Table, key: str) -> pa.Table:
+    """Sort by `key` and keep the first row of each key."""
+    table = table.sort_by([(key, "ascending")])
+    keys = table.column(key).to_numpy(zero_copy_only=False)
+    if len(keys) < 2:
+        return table
+    keep = np.concatenate([[True], keys[1:] != keys[:-1]])
+    return table if keep.all() else table.filter(pa.array(keep))
+
+
+def concat(tables: Iterable[pa.Table], schema: pa.Schema) -> pa.Table:
+    tables = [t.select(schema.names).cast(schema) for t in tables]
+    return pa.concat_tables(tables) if tables else schema.empty_table()

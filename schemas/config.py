@@ -1,0 +1,173 @@
+"""Typed build configuration, loaded from YAML and validated before anything is written.
+
+Every field carries its help text; a bad file fails with one line naming the file and the key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from schemas.categories import CATEGORIES, Modality
+from schemas.tables import REWARD_MODEL_NAMES
+
+Dtype = Literal["float32", "float16", "bfloat16"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line: `<file>: <key>: <what is wrong>`."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CategoryConfig(_Strict):
+    quota: int = Field(ge=1, description="Pairs of this category to select into the dataset.")
+    prompts: int = Field(ge=1, description="Prompts to draw from the library for this category.")
+
+
+class ResourceConfig(_Strict):
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (0 runs on CPU).")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per actor.")
+    num_actors: int = Field(1, ge=1, description="Actors in the pool.")
+    batch_size: int = Field(4, ge=1, description="Items per model call.")
+
+
+class GeneratorConfig(_Strict):
+    name: str = Field(description="Registry name (sd15, sdxl, flux-dev, wan21-1.3b, tiny-sd15, ...) or a new name.")
+    model: str | None = Field(
+        None, description="Hub id or local folder; 'tiny' builds the family's toy twin offline. Default: the registry's."
+    )
+    pipeline_class: str | None = Field(None, description="diffusers pipeline class; default: the registry's.")
+    modality: Modality | None = Field(None, description="image or video; default: the registry's.")
+    dtype: Dtype = Field("float32", description="Weights dtype.")
+    seeds_per_prompt: int = Field(2, ge=1, description="Seeds per prompt and sampling setting.")
+    sampling: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{}],
+        description="Sampling settings crossed with seeds (e.g. steps, guidance); each becomes part of the candidate id.",
+    )
+    call_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Fixed pipeline call arguments (height, width, num_frames, ...)."
+    )
+    categories: list[str] | None = Field(None, description="Categories this generator serves; default: all of its modality.")
+    resources: ResourceConfig = Field(default_factory=ResourceConfig, description="Actor pool of this generator.")
+
+
+class RewardModelConfig(_Strict):
+    name: str = Field(description=f"One of {', '.join(REWARD_MODEL_NAMES)}.")
+    model: str = Field("tiny", description="Hub id or local folder of the checkpoint; 'tiny' builds a toy twin offline.")
+    dtype: Dtype = Field("float32", description="Weights dtype.")
+
+    @model_validator(mode="after")
+    def _known(self) -> "RewardModelConfig":
+        if self.name not in REWARD_MODEL_NAMES:
+            raise ValueError(f"unknown reward model {self.name!r}; expected one of {list(REWARD_MODEL_NAMES)}")
+        return self
+
+
+class ScoringConfig(_Strict):
+    reward_models: list[RewardModelConfig] = Field(min_length=1, description="Reward models scoring every candidate.")
+    video_frames: int = Field(4, ge=2, description="Frames sampled per video for the image rewards.")
+    resources: ResourceConfig = Field(default_factory=ResourceConfig, description="Score actor pool (all models per actor).")
+
+
+class PairingConfig(_Strict):
+    quorum: int | None = Field(None, ge=1, description="Reward models that must prefer the winner; default: all.")
+    min_margin: float = Field(
+        0.0, ge=0, description="Minimum |score difference| / group std per scorer for it to count as a vote (ties)."
+    )
+    max_pairs_per_prompt: int = Field(4, ge=1, description="Most pairs selected from one prompt group.")
+
+
+class MediaConfig(_Strict):
+    image_format: Literal["jpg", "png", "webp"] = Field("jpg", description="Image encoding in media/ and shards.")
+    jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG / WebP quality.")
+    video_fps: float = Field(16.0, gt=0, description="Frame rate of exported H.264 videos.")
+
+
+class ShardConfig(_Strict):
+    samples_per_shard: int = Field(1000, ge=1, description="Pairs per tar shard.")
+    split: str = Field("train", pattern=r"^[a-z0-9_]+$", description="Split name in shard file names.")
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="Cluster address; None starts a local instance (or RAY_ADDRESS).")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local instance; default: all.")
+
+
+class BuildConfig(_Strict):
+    name: str = Field("vipo", description="Dataset name, used in the card.")
+    output_dir: str = Field("./vipo-build", description="Build folder: manifests, media, shards, card.")
+    seed: int = Field(0, description="Seed of prompt sampling and shuffling.")
+    categories: dict[str, CategoryConfig] = Field(min_length=1, description="Categories to build, with quotas.")
+    generators: list[GeneratorConfig] = Field(min_length=1, description="Candidate generators.")
+    scoring: ScoringConfig = Field(description="Reward models and their actors.")
+    pairing: PairingConfig = Field(default_factory=PairingConfig, description="Pair formation and consistency rule.")
+    media: MediaConfig = Field(default_factory=MediaConfig, description="Media encoding.")
+    shards: ShardConfig = Field(default_factory=ShardConfig, description="Shard layout.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Where the stages run.")
+    cache_dir: str | None = Field(None, description="Where tiny models are materialised; default ~/.cache/vipo.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "BuildConfig":
+        for cat in self.categories:
+            if cat not in CATEGORIES:
+                raise ValueError(f"categories: unknown category {cat!r}; expected one of {list(CATEGORIES)}")
+        names = [g.name for g in self.generators]
+        if len(set(names)) != len(names):
+            raise ValueError(f"generators: duplicate generator names {names}")
+        scorers = [r.name for r in self.scoring.reward_models]
+        if len(set(scorers)) != len(scorers):
+            raise ValueError(f"scoring.reward_models: duplicate names {scorers}")
+        if self.pairing.quorum is not None and self.pairing.quorum > len(scorers):
+            raise ValueError(f"pairing.quorum: {self.pairing.quorum} exceeds the {len(scorers)} reward models")
+        return self
+
+    @property
+    def scorer_names(self) -> list[str]:
+        return [r.name for r in self.scoring.reward_models]
+
+    @property
+    def quorum(self) -> int:
+        return self.pairing.quorum or len(self.scoring.reward_models)
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if not loc:  # cross-field checks name their key as "key: message"
+        head, sep, rest = msg.partition(": ")
+        loc, msg = (head, rest) if sep and " " not in head else ("<root>", msg)
+    extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {loc}: {msg}{extra}"
+
+
+def parse_config(data: Any, source: str = "<config>") -> BuildConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: <root>: expected a mapping, got {type(data).__name__}")
+    try:
+        return BuildConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(source, err)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> BuildConfig:
+    """Load and validate a YAML build config; raises ConfigError with one line on any problem."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "<root>"
+        raise ConfigError(f"{path}: {where}: invalid YAML ({getattr(err, 'problem', err)})") from None
+    if isinstance(data, dict) and overrides:
+        data = {**data, **overrides}
+    return parse_config(data, str(path))
+
+

@@ -1,0 +1,114 @@
+"""Arrow schemas of the stage tables (DESIGN.md, "Tables"): the one definition every stage uses."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+
+REWARD_MODEL_NAMES: tuple[str, ...] = ("pickscore", "hpsv21", "imagereward", "clipscore", "aesthetic")
+VIDEO_METRIC_NAMES: tuple[str, ...] = ("temporal_flicker",)
+
+PROMPTS = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("category", pa.string()),
+        ("modality", pa.string()),
+        ("prompt", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+
+CANDIDATES = pa.schema(
+    [
+        ("candidate_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("category", pa.string()),
+        ("modality", pa.string()),
+        ("generator", pa.string()),
+        ("seed", pa.int64()),
+        ("params", pa.string()),  # canonical json of the sampling settings
+        ("media_path", pa.string()),  # relative to the build folder; null when failed
+        ("sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("num_frames", pa.int32()),  # 1 for images
+        ("fps", pa.float32()),  # null for images
+        ("status", pa.string()),  # "ok" or "failed"
+        ("reason", pa.string()),  # why it failed; null when ok
+    ]
+)
+
+
+def score_columns(scorers: Sequence[str]) -> list[str]:
+    return list(scorers)
+
+
+def scores_schema(scorers: Sequence[str]) -> pa.Schema:
+    """One float per scorer plus the prompt group's mean/std and the group-relative advantage."""
+    fields = [
+        ("candidate_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("category", pa.string()),
+        ("modality", pa.string()),
+    ]
+    for s in scorers:
+        fields += [
+            (s, pa.float32()),
+            (f"{s}_group_mean", pa.float32()),
+            (f"{s}_group_std", pa.float32()),
+            (f"{s}_advantage", pa.float32()),
+        ]
+    return pa.schema(fields)
+
+
+def raw_scores_schema(scorers: Sequence[str]) -> pa.Schema:
+    """What the score actors emit, before the group statistics are added."""
+    return pa.schema(
+        [("candidate_id", pa.string()), ("prompt_id", pa.string()), ("category", pa.string()), ("modality", pa.string())]
+        + [(s, pa.float32()) for s in scorers]
+    )
+
+
+def pairs_schema(scorers: Sequence[str]) -> pa.Schema:
+    return pa.schema(
+        [
+            ("pair_id", pa.string()),
+            ("prompt_id", pa.string()),
+            ("category", pa.string()),
+            ("modality", pa.string()),
+            ("winner_id", pa.string()),
+            ("loser_id", pa.string()),
+        ]
+        + [(f"margin_{s}", pa.float32()) for s in scorers]
+        + [
+            ("agree", pa.int32()),  # how many reward models prefer the winner
+            ("n_scorers", pa.int32()),
+            ("kept", pa.bool_()),
+            ("drop_reason", pa.string()),  # null when kept
+        ]
+    )
+
+
+JUDGEMENTS = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("rater", pa.string()),
+        ("p_winner", pa.float32()),  # swap-debiased P(winner better)
+        ("p_winner_first", pa.float32()),  # winner shown as A
+        ("p_winner_second", pa.float32()),  # winner shown as B
+        ("position_consistency", pa.float32()),
+    ]
+)
+
+
+def selected_schema(scorers: Sequence[str]) -> pa.Schema:
+    base = pairs_schema(scorers)
+    return pa.schema(
+        list(base)
+        + [
+            ("prompt", pa.string()),
+            ("p_vlm", pa.float32()),  # null when no VLM rater is configured
+            ("split", pa.string()),
+            ("order", pa.int64()),  # position in the shuffled, category-interleaved sample order
+        ]
+    )

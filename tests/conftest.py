@@ -1,0 +1,70 @@
+"""Shared fixtures: one local Ray instance per test session, a small offline build config, and a
+session cache for the tiny models (built once, loaded through from_pretrained like real ones)."""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+SMALL = {
+    "name": "vipo-test",
+    "seed": 0,
+    "categories": {
+        "aesthetics": {"quota": 2, "prompts": 2},
+        "motion_quality": {"quota": 2, "prompts": 2},
+    },
+    "generators": [
+        {
+            "name": "tiny-sd15",
+            "seeds_per_prompt": 2,
+            "sampling": [{"num_inference_steps": 2, "guidance_scale": 3.0}, {"num_inference_steps": 2, "guidance_scale": 7.5}],
+            "resources": {"num_gpus": 0, "num_cpus": 1, "num_actors": 1, "batch_size": 2},
+        },
+        {
+            "name": "tiny-wan21",
+            "seeds_per_prompt": 4,
+            "sampling": [{"num_inference_steps": 2}],
+            "resources": {"num_gpus": 0, "num_cpus": 1, "num_actors": 1, "batch_size": 2},
+        },
+    ],
+    "scoring": {
+        "reward_models": [{"name": n, "model": "tiny"} for n in ("pickscore", "hpsv21", "imagereward", "clipscore", "aesthetic")],
+        "video_frames": 3,
+        "resources": {"num_gpus": 0, "num_cpus": 1, "num_actors": 1, "batch_size": 4},
+    },
+    "pairing": {"quorum": 3, "max_pairs_per_prompt": 2},
+    "shards": {"samples_per_shard": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def vipo_cache(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("vipo-cache")
+    os.environ["VIPO_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def small_config_dict(vipo_cache) -> dict:
+    cfg = copy.deepcopy(SMALL)
+    cfg["cache_dir"] = str(vipo_cache)
+    return cfg
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

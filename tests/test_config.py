@@ -1,0 +1,66 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from schemas.config import ConfigError, load_config, parse_config
+from tests.conftest import REPO, SMALL, write_config
+
+
+def test_demo_and_presets_validate():
+    for name in ("demo.yaml",):
+        cfg = load_config(REPO / "configs" / name)
+        assert cfg.quorum <= len(cfg.scorer_names)
+    demo = load_config(REPO / "configs" / "demo.yaml")
+    assert len(demo.categories) == 8
+
+
+@pytest.mark.parametrize(
+    "mutate, key, words",
+    [
+        (lambda c: c["categories"].update({"landscapes": {"quota": 1, "prompts": 1}}), "categories", "unknown category"),
+        (lambda c: c["generators"][0].update({"seeds_per_prompt": "many"}), "generators.0.seeds_per_prompt", "integer"),
+        (lambda c: c["pairing"].update({"quorum": 9}), "pairing.quorum", "exceeds"),
+        (lambda c: c["scoring"]["reward_models"].append({"name": "vibes"}), "scoring.reward_models.5", "unknown reward model"),
+        (lambda c: c.update({"colour": "blue"}), "colour", "Extra inputs are not permitted"),
+        (lambda c: c["categories"]["aesthetics"].update({"quota": 0}), "categories.aesthetics.quota", "greater than or equal"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path, mutate, key, words):
+    data = yaml.safe_load(yaml.safe_dump(SMALL))
+    mutate(data)
+    path = write_config(tmp_path / "bad.yaml", data)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: {key}"), msg
+    assert words in msg and "\n" not in msg
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\ncategories: {aesthetics: [\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: line \d+: invalid YAML"):
+        load_config(path)
+
+
+def test_non_mapping_config():
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        parse_config(["a"], "x.yaml")
+
+
+def test_cli_bad_config_one_line_and_writes_nothing(tmp_path):
+    data = yaml.safe_load(yaml.safe_dump(SMALL))
+    data["generators"][1]["resources"]["batch_size"] = -3
+    path = write_config(tmp_path / "bad.yaml", data)
+    out = tmp_path / "build"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), "build", "--config", str(path), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert f"{path}: generators.1.resources.batch_size:" in lines[0]
+    assert not out.exists()
