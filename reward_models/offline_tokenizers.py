@@ -1,5 +1,4 @@
-"""Tokenizers built with no network: the real CLIP BPE (shipped inside open_clip's wheel) and a
-small WordPiece vocabulary for BERT-style text towers of the tiny models."""
+"""Tokenizers built with no network: the real CLIP BPE, from the vocabulary shipped in open_clip's wheel."""
 from __future__ import annotations
 
 import gzip
@@ -8,7 +7,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from transformers import BertTokenizerFast, CLIPTokenizer
+from transformers import CLIPTokenizer
 
 _CLIP_MERGES = 49152 - 256 - 2  # merges used by CLIP's BPE (as in open_clip and transformers)
 
@@ -49,30 +48,3 @@ def clip_tokenizer() -> CLIPTokenizer:
         vocab = json.loads(Path(tmp, "vocab.json").read_text())
         merges = [tuple(m.split()) for m in Path(tmp, "merges.txt").read_text().splitlines()[1:] if m]
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
-
-
-def wordpiece_tokenizer(corpus: list[str], vocab_size: int = 2000, model_max_length: int = 512) -> BertTokenizerFast:
-    """An uncased BERT WordPiece tokenizer trained on `corpus` (stands in for bert-base-uncased offline)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
-    )
-    from tokenizers import decoders
-
-    tok.decoder = decoders.WordPiece()
-    return BertTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=model_max_length,
-    )
