@@ -1,0 +1,181 @@
+"""Encoding, decoding and safe writing of candidate media.
+
+Bytes must be a pure function of the pixels: media sha256s go into manifests, and a build that is
+killed and resumed has to produce the same shards as one that never stopped. So the encoders write
+no timestamps, no encoder-version strings and no other metadata, and x264 runs with a fixed thread
+count. Files appear only by atomic rename, so a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import secrets
+import warnings
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+_PIL_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_uint8(arr: np.ndarray, ndim: int, what: str) -> None:
+    if arr.dtype != np.uint8 or arr.ndim != ndim or arr.shape[-1] != 3:
+        dims = "(T,H,W,3)" if ndim == 4 else "(H,W,3)"
+        raise ValueError(f"{what} must be uint8 {dims}, got {arr.dtype} {arr.shape}")
+
+
+def encode_image(arr: np.ndarray, fmt: str = "jpg", quality: int = 95) -> bytes:
+    """Encode an RGB uint8 (H,W,3) array as jpg, png (lossless) or webp; no metadata is written."""
+    _check_uint8(arr, 3, "image")
+    pil_fmt = _PIL_FORMATS.get(fmt.lower())
+    if pil_fmt is None:
+        raise ValueError(f"unknown image format {fmt!r}; expected one of {sorted(_PIL_FORMATS)}")
+    options = {
+        "JPEG": {"quality": quality, "subsampling": 0 if quality >= 90 else 2, "optimize": False},
+        "PNG": {"compress_level": 6, "optimize": False},
+        "WEBP": {"quality": quality, "method": 4, "exact": True},
+    }[pil_fmt]
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, format=pil_fmt, **options)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes, max_pixels: int = 64_000_000) -> Image.Image:
+    """Decode image bytes to RGB, refusing images over `max_pixels` from their header alone.
+
+    `Image.open` parses only the header, so a decompression bomb is refused before any pixel
+    is decoded (PIL's own bomb guard, which fires far above our limit, is reported the same way).
+    """
+    try:
+        with warnings.catch_warnings():  # PIL warns from 89 MP on; the limit here is max_pixels
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"image refused before decoding: {err}") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ValueError(f"image refused before decoding: header says {w}x{h} = {w * h} pixels > max_pixels {max_pixels}")
+    img.load()
+    return img.convert("RGB")
+
+
+def _even(frames: np.ndarray) -> np.ndarray:
+    """yuv420p needs even width and height: repeat the last row/column where one is odd."""
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return frames
+
+
+def encode_video(frames: np.ndarray, fps: float, crf: int = 18, preset: str = "medium") -> bytes:
+    """Encode uint8 (T,H,W,3) frames as H.264 (libx264, yuv420p) MP4 at `fps`.
+
+    Deterministic: one x264 thread and bit-exact muxing (no creation time, no version tags), so the
+    same frames give the same bytes. An odd height or width is padded by one edge row/column.
+    """
+    import av
+
+    _check_uint8(frames, 4, "video frames")
+    if len(frames) == 0:
+        raise ValueError("video has no frames")
+    frames = _even(frames)
+    rate = Fraction(fps).limit_denominator(1001)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4", options={"fflags": "+bitexact"}) as out:
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.flags |= av.codec.context.Flags.bitexact
+        stream.codec_context.options = {"crf": str(crf), "preset": preset, "threads": "1"}
+        stream.codec_context.thread_count = 1
+        for i, arr in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+            frame.pts = i
+            frame.time_base = 1 / rate
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def _pick(total: int, num_frames: int | None) -> list[int]:
+    if num_frames is None:
+        return list(range(total))
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    return np.linspace(0, total - 1, num_frames).round().astype(int).tolist()
+
+
+def _source(path_or_bytes: str | Path | bytes):
+    return io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
+
+
+def read_video_frames(path_or_bytes: str | Path | bytes, num_frames: int | None = None) -> np.ndarray:
+    """Decode a video to uint8 (T,H,W,3); `num_frames` picks evenly spaced frames, first and last included.
+
+    decord seeks straight to the frames asked for, which matters for long videos. It is not built
+    for every platform, and decord 0.6 mis-sizes frames of a few small widths (16, 24, 48, 72 px
+    give 4-channel rows or a copy error), so PyAV decodes whenever decord is absent or fails.
+    """
+    try:
+        import decord
+    except ImportError:
+        decord = None
+    if decord is not None:
+        try:
+            reader = decord.VideoReader(_source(path_or_bytes), ctx=decord.cpu(0), num_threads=1)
+            frames = reader.get_batch(_pick(len(reader), num_frames)).asnumpy()
+            if frames.ndim == 4 and frames.shape[-1] == 3:
+                return frames
+        except Exception:  # noqa: BLE001 - decord raises its own error types; PyAV below is the judge
+            pass
+    import av
+
+    with av.open(_source(path_or_bytes)) as container:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    return frames[_pick(len(frames), num_frames)]
+
+
+def probe_video(path_or_bytes: str | Path | bytes) -> dict:
+    """Container facts of a video: frames, fps, width, height, codec (read with PyAV, no decoding)."""
+    import av
+
+    with av.open(_source(path_or_bytes)) as container:
+        s = container.streams.video[0]
+        return {"num_frames": s.frames, "fps": float(s.average_rate), "width": s.codec_context.width,
+                "height": s.codec_context.height, "codec": s.codec_context.name}
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so readers see the old file or the whole new one, never a part.
+
+    A temp file in the same folder (same filesystem, so the rename is atomic) is written, fsynced and
+    renamed over `path`; on any error it is removed. Parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not mkstemp: its 0600 mode would stick to the published file; os.open honours the umask.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable; not possible everywhere (e.g. Windows), harmless to skip
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
