@@ -28,6 +28,14 @@ def _source_hash(*objs: object) -> str:
     return h.hexdigest()[:10]
 
 
+def _quiet_hf_progress() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def materialise_tiny(kind: str, name: str, seed: int, save: Callable[[str], None], source: object, cache_dir: Path) -> str:
     """Return the folder of a tiny model, building it with `save(folder)` the first time."""
     folder = Path(cache_dir) / "tiny" / f"{kind}-{name}-s{seed}-{_source_hash(source)}"
@@ -36,6 +44,7 @@ def materialise_tiny(kind: str, name: str, seed: int, save: Callable[[str], None
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent)
     try:
+        _quiet_hf_progress()
         save(tmp)
         os.replace(tmp, folder)
     except OSError:

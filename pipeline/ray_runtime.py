@@ -26,11 +26,21 @@ def init_ray(cfg: RayConfig) -> None:
             configure_logging=True,
             **kwargs,
         )
+    _quiet_ray_data_console()
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # vipo reports its own progress
     ctx.enable_operator_progress_bars = False
     ctx.enable_auto_log_stats = False
     ctx.verbose_stats_logs = False
+
+
+def _quiet_ray_data_console() -> None:
+    """Keep Ray Data's INFO chatter in its log file (under /tmp/ray/session_*/logs) and off the console."""
+    from ray._private.log import PlainRayHandler
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if isinstance(handler, PlainRayHandler):
+            handler.setLevel(logging.WARNING)
 
 
 def check_resources(stage: str, num_gpus: float, num_cpus: float) -> None:

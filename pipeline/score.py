@@ -12,9 +12,6 @@ import pyarrow as pa
 from pipeline.stage import ActorStage
 from schemas.tables import VIDEO_METRIC_NAMES, raw_scores_schema, scores_schema
 
-_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-
-
 def score_names(reward_models: list[str]) -> list[str]:
     """Columns of the scores table: the reward models, then the video metrics."""
     return list(reward_models) + list(VIDEO_METRIC_NAMES)
@@ -24,7 +21,7 @@ def score_names(reward_models: list[str]) -> list[str]:
 class ScoreStage(ActorStage):
     """All configured reward models on one actor; a unit holds candidates of one modality."""
 
-    models: list[tuple[str, str, str]] = field(default_factory=list)  # (name, path or hub id, dtype)
+    models: list[tuple[str, str, str, dict]] = field(default_factory=list)  # (name, path or hub id, dtype, options)
     out_dir: str = ""
     video_frames: int = 4
     name = "score"
@@ -36,8 +33,8 @@ class ScoreStage(ActorStage):
 
         device = "cuda" if self.resources.num_gpus > 0 else "cpu"
         self.loaded = {
-            name: reward_model_class(name).from_pretrained(path, device=device, dtype=getattr(torch, _DTYPES[dtype]))
-            for name, path, dtype in self.models
+            name: reward_model_class(name).from_pretrained(path, device=device, dtype=getattr(torch, dtype), **options)
+            for name, path, dtype, options in self.models
         }
 
     def process(self, tasks: list[dict[str, Any]]) -> pa.Table:

@@ -60,6 +60,10 @@ class RewardModelConfig(_Strict):
     name: str = Field(description=f"One of {', '.join(REWARD_MODEL_NAMES)}.")
     model: str = Field("tiny", description="Hub id or local folder of the checkpoint; 'tiny' builds a toy twin offline.")
     dtype: Dtype = Field("float32", description="Weights dtype.")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra from_pretrained arguments, e.g. pickscore's `processor` or aesthetic's `mlp_path`.",
+    )
 
     @model_validator(mode="after")
     def _known(self) -> "RewardModelConfig":

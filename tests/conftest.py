@@ -58,10 +58,10 @@ def ray_session():
     ray.shutdown()
 
 
-@pytest.fixture
-def small_config_dict(vipo_cache) -> dict:
+def small_config(cache: Path, out: Path) -> dict:
     cfg = copy.deepcopy(SMALL)
-    cfg["cache_dir"] = str(vipo_cache)
+    cfg["cache_dir"] = str(cache)
+    cfg["output_dir"] = str(out)
     return cfg
 
 

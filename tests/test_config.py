@@ -9,7 +9,7 @@ from tests.conftest import REPO, SMALL, write_config
 
 
 def test_demo_and_presets_validate():
-    for name in ("demo.yaml",):
+    for name in ("demo.yaml", "vipo-image.yaml", "vipo-video.yaml"):
         cfg = load_config(REPO / "configs" / name)
         assert cfg.quorum <= len(cfg.scorer_names)
     demo = load_config(REPO / "configs" / "demo.yaml")

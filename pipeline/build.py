@@ -1,0 +1,239 @@
+"""The build driver: wires the stages (which never import each other) through their parquet tables.
+
+    prompts -> generate -> score -> pair -> judge -> select -> write
+
+Each stage reads its inputs from the build folder and writes its output atomically, so any stage can be
+rerun alone, and a build killed at any moment resumes by identity to the same shards.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.compute as pc
+import yaml
+
+from pipeline import models
+from pipeline.card import write_card
+from pipeline.generate import GenerateStage, plan_candidates
+from pipeline.pair import form_pairs
+from pipeline.prompts import library_prompts
+from pipeline.ray_runtime import init_ray
+from pipeline.report import NullReporter, Reporter, StageSummary
+from pipeline.score import ScoreStage, add_group_stats, score_names
+from pipeline.select import select_pairs
+from pipeline.stage import make_units, run_stage
+from pipeline.store import PartStore, read_table, write_bytes, write_table
+from pipeline.write import write_shards
+from schemas.config import BuildConfig
+from schemas.tables import CANDIDATES, PROMPTS, pairs_schema, raw_scores_schema, scores_schema, selected_schema
+
+STAGES: tuple[str, ...] = ("prompts", "generate", "score", "pair", "judge", "select", "write")
+_RAY_STAGES = {"generate", "score", "write"}
+
+
+class StageInputError(RuntimeError):
+    """A stage was asked to run before the stage that makes its input."""
+
+
+@dataclass
+class BuildResult:
+    out_dir: Path
+    summaries: list[StageSummary] = field(default_factory=list)
+    manifests: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def card(self) -> Path:
+        return self.out_dir / "card" / "README.md"
+
+
+class Paths:
+    """Where every table of a build lives."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.config = root / "config.yaml"
+        self.prompts = root / "prompts" / "prompts.parquet"
+        self.candidates = root / "candidates"
+        self.raw_scores = root / "scores" / "raw"
+        self.scores = root / "scores" / "scores.parquet"
+        self.pairs = root / "pairs" / "pairs.parquet"
+        self.selected = root / "selected" / "selected.parquet"
+        self.dropped = root / "selected" / "dropped.parquet"
+
+
+def _need(path: Path, stage: str, maker: str) -> Path:
+    if not path.exists():
+        raise StageInputError(f"stage {stage!r} needs {path}; run the {maker!r} stage first")
+    return path
+
+
+def parse_stages(spec: str | None) -> list[str]:
+    if not spec:
+        return list(STAGES)
+    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages are {','.join(STAGES)}")
+    return [s for s in STAGES if s in wanted]
+
+
+class Build:
+    def __init__(self, cfg: BuildConfig, reporter: Reporter | None = None, cache_dir: str | Path | None = None):
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir).resolve()
+        self.paths = Paths(self.out)
+        self.reporter = reporter or NullReporter()
+        self.cache_dir = Path(cache_dir or cfg.cache_dir or models.default_cache_dir())
+        self.scorers = cfg.scorer_names
+        self.score_cols = score_names(self.scorers)
+
+    # -- driver ---------------------------------------------------------------------------------
+    def run(self, stages: list[str] | None = None) -> BuildResult:
+        stages = stages or list(STAGES)
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_bytes(self.paths.config, yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False).encode())
+        if _RAY_STAGES & set(stages):
+            init_ray(self.cfg.ray)
+        result = BuildResult(self.out)
+        for stage in stages:
+            t0 = time.perf_counter()
+            summary = getattr(self, f"_{stage}")(result)
+            summary.seconds = time.perf_counter() - t0
+            result.summaries.append(summary)
+            self.reporter.finish(summary)
+        return result
+
+    # -- stages ---------------------------------------------------------------------------------
+    def _prompts(self, result: BuildResult) -> StageSummary:
+        counts = {c: q.prompts for c, q in self.cfg.categories.items()}
+        self.reporter.start("prompts", sum(counts.values()))
+        table = library_prompts(counts, self.cfg.seed)
+        write_table(table, self.paths.prompts)
+        self.reporter.advance(table.num_rows)
+        return StageSummary("prompts", n_in=sum(counts.values()), n_out=table.num_rows)
+
+    def _generate(self, result: BuildResult) -> StageSummary:
+        from pipeline.generators import resolve_generator
+
+        prompts = read_table(_need(self.paths.prompts, "generate", "prompts"), PROMPTS)
+        specs = {g.name: resolve_generator(g) for g in self.cfg.generators}
+        tasks = plan_candidates(prompts, self.cfg, specs)
+        store = PartStore(self.paths.candidates, CANDIDATES, "candidate_id")
+        done = store.ids()
+        todo = sum(t["id"] not in done for t in tasks)
+        self.reporter.start("generate", len(tasks))
+        self.reporter.advance(len(tasks) - todo)
+        for gcfg in self.cfg.generators:
+            mine = [t for t in tasks if t["generator"] == gcfg.name]
+            units = make_units(mine, gcfg.resources.batch_size, key=lambda t: t["params"])
+            units = [u for u in units if not all(t["id"] in done for t in u)]
+            if not units:
+                continue
+            stage = GenerateStage(
+                resources=gcfg.resources,
+                spec=specs[gcfg.name],
+                model_path=models.generator_path(specs[gcfg.name], self.cache_dir),
+                out_dir=str(self.out),
+                media=self.cfg.media,
+            )
+            for table in run_stage(stage, units):
+                store.append(table)
+                self.reporter.advance(table.num_rows)
+        cands = store.read()
+        failed = pc.sum(pc.equal(cands["status"], "failed")).as_py() or 0
+        return StageSummary(
+            "generate", n_in=len(tasks), n_out=cands.num_rows - failed, dropped={"failed": failed},
+            note=f"({todo} generated now, {len(tasks) - todo} already there)",
+        )
+
+    def _score(self, result: BuildResult) -> StageSummary:
+        _need(self.paths.candidates, "score", "generate")
+        cands = PartStore(self.paths.candidates, CANDIDATES, "candidate_id").read()
+        cands = cands.filter(pc.equal(cands["status"], "ok"))
+        prompts = read_table(_need(self.paths.prompts, "score", "prompts"), PROMPTS).select(["prompt_id", "prompt"])
+        rows = cands.join(prompts, "prompt_id").to_pylist()
+        tasks = [
+            {"id": r["candidate_id"], **{k: r[k] for k in ("prompt_id", "category", "modality", "prompt", "media_path")}}
+            for r in rows
+        ]
+        store = PartStore(self.paths.raw_scores, raw_scores_schema(self.score_cols), "candidate_id")
+        done = store.ids()
+        units = make_units(tasks, self.cfg.scoring.resources.batch_size, key=lambda t: t["modality"])
+        units = [u for u in units if not all(t["id"] in done for t in u)]
+        self.reporter.start("score", len(tasks))
+        self.reporter.advance(len(tasks) - sum(len(u) for u in units))
+        if units:
+            stage = ScoreStage(
+                resources=self.cfg.scoring.resources,
+                models=[
+                    (r.name, models.reward_model_path(r.name, r.model, self.cache_dir), r.dtype, r.options)
+                    for r in self.cfg.scoring.reward_models
+                ],
+                out_dir=str(self.out),
+                video_frames=self.cfg.scoring.video_frames,
+            )
+            for table in run_stage(stage, units):
+                store.append(table)
+                self.reporter.advance(table.num_rows)
+        raw = store.read()
+        write_table(add_group_stats(raw, self.score_cols), self.paths.scores)
+        return StageSummary("score", n_in=len(tasks), n_out=raw.num_rows)
+
+    def _pair(self, result: BuildResult) -> StageSummary:
+        scores = read_table(_need(self.paths.scores, "pair", "score"), scores_schema(self.score_cols))
+        self.reporter.start("pair", scores.num_rows)
+        pairs = form_pairs(scores, self.scorers, self.cfg.quorum, self.cfg.pairing.min_margin)
+        write_table(pairs, self.paths.pairs)
+        self.reporter.advance(scores.num_rows)
+        reasons = Counter(r for r in pairs["drop_reason"].to_pylist() if r)
+        return StageSummary("pair", n_in=pairs.num_rows, n_out=pairs.num_rows - sum(reasons.values()), dropped=dict(reasons))
+
+    def _judge(self, result: BuildResult) -> StageSummary:
+        # The VLM rater arrives with the scoring work; until a rater is configured, pairs pass unjudged.
+        return StageSummary("judge", note="skipped: no VLM rater configured")
+
+    def _select(self, result: BuildResult) -> StageSummary:
+        pairs = read_table(_need(self.paths.pairs, "select", "pair"), pairs_schema(self.scorers))
+        prompts = read_table(self.paths.prompts, PROMPTS)
+        kept = pc.sum(pairs["kept"]).as_py() or 0
+        self.reporter.start("select", kept)
+        sel = select_pairs(pairs, prompts, self.cfg)
+        write_table(sel.selected, self.paths.selected)
+        write_table(sel.dropped, self.paths.dropped)
+        self.reporter.advance(kept)
+        note = "; ".join(f"{c}: {got}/{q}" for c, (q, got) in sorted(sel.shortfall.items()))
+        return StageSummary(
+            "select", n_in=kept, n_out=sel.selected.num_rows,
+            dropped=dict(Counter(sel.dropped["reason"].to_pylist())),
+            note=f"short of quota: {note}" if note else "",
+        )
+
+    def _write(self, result: BuildResult) -> StageSummary:
+        selected = read_table(_need(self.paths.selected, "write", "select"), selected_schema(self.scorers))
+        self.reporter.start("write", selected.num_rows)
+        result.manifests = write_shards(
+            selected,
+            PartStore(self.paths.candidates, CANDIDATES, "candidate_id").read(),
+            read_table(self.paths.scores, scores_schema(self.score_cols)),
+            out_dir=str(self.out),
+            scorers=self.scorers,
+            score_cols=self.score_cols,
+            image_format=self.cfg.media.image_format,
+            samples_per_shard=self.cfg.shards.samples_per_shard,
+            name=self.cfg.name,
+        )
+        write_card(self.out, self.cfg, result.manifests, selected)
+        self.reporter.advance(selected.num_rows)
+        n_shards = sum(len(m["shards"]) for m in result.manifests.values())
+        return StageSummary("write", n_in=selected.num_rows, n_out=selected.num_rows, note=f"{n_shards} shards")
+
+
+def build(cfg: BuildConfig, stages: list[str] | None = None, reporter: Reporter | None = None) -> BuildResult:
+    """Run the build (all stages, or the named ones) and return where everything landed."""
+    return Build(cfg, reporter).run(stages)
+
+
+__all__ = ["STAGES", "Build", "BuildResult", "StageInputError", "build", "parse_stages"]
