@@ -86,6 +86,27 @@ class PairingConfig(_Strict):
     max_pairs_per_prompt: int = Field(4, ge=1, description="Most pairs selected from one prompt group.")
 
 
+class JudgeConfig(_Strict):
+    """The VLM rater asked about pairs that passed the reward-model rule (DESIGN.md, "VLM rater")."""
+
+    backend: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers", description="transformers (CPU/GPU), vllm (offline engine, GPU) or openai (any compatible server)."
+    )
+    model: str = Field("tiny", description="Hub id or local folder (Qwen2-VL / Qwen2.5-VL family); 'tiny' builds a toy one.")
+    dtype: Dtype = Field("float32", description="Weights dtype.")
+    base_url: str | None = Field(None, description="openai backend: server URL, e.g. http://localhost:8000/v1.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai backend: environment variable holding the key.")
+    timeout_s: float = Field(60.0, gt=0, description="openai backend: seconds per request.")
+    max_retries: int = Field(3, ge=0, description="openai backend: retries per request.")
+    min_probability: float = Field(0.5, ge=0, le=1, description="Keep a pair when P(winner better) >= this.")
+    min_position_consistency: float = Field(
+        0.0, ge=0, le=1, description="Keep a pair when 1 - |P(A|a,b) - (1 - P(A|b,a))| >= this."
+    )
+    video_frames: int = Field(4, ge=1, description="Frames per video shown to the rater.")
+    image_size: int = Field(448, ge=28, description="Longest side of images / frames given to the rater.")
+    resources: ResourceConfig = Field(default_factory=ResourceConfig, description="Rater actor pool.")
+
+
 class MediaConfig(_Strict):
     image_format: Literal["jpg", "png", "webp"] = Field("jpg", description="Image encoding in media/ and shards.")
     jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG / WebP quality.")
@@ -110,6 +131,10 @@ class BuildConfig(_Strict):
     generators: list[GeneratorConfig] = Field(min_length=1, description="Candidate generators.")
     scoring: ScoringConfig = Field(description="Reward models and their actors.")
     pairing: PairingConfig = Field(default_factory=PairingConfig, description="Pair formation and consistency rule.")
+    judge: JudgeConfig | None = Field(None, description="VLM rater; None skips the judge stage.")
+    prompt_files: list[str] = Field(
+        default_factory=list, description="User prompt files (txt, jsonl, csv, parquet) added to the library prompts."
+    )
     media: MediaConfig = Field(default_factory=MediaConfig, description="Media encoding.")
     shards: ShardConfig = Field(default_factory=ShardConfig, description="Shard layout.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Where the stages run.")
