@@ -67,8 +67,8 @@ def build(
     columns = (TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         try:
-            result = Build(cfg, reporter=RichReporter(progress)).run(wanted)
-        except (StageInputError, ResourceError) as err:
+            result = Build(cfg, reporter=RichReporter(progress), source=str(config)).run(wanted)
+        except (ConfigError, StageInputError, ResourceError) as err:
             _fail(str(err))
     shards = result.out_dir / "shards"
     console.print(f"\n[bold green]done[/] build folder: {result.out_dir}")

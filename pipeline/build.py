@@ -27,7 +27,8 @@ from pipeline.select import select_pairs
 from pipeline.stage import make_units, run_stage
 from pipeline.store import PartStore, read_table, write_bytes, write_table
 from pipeline.write import write_shards
-from schemas.config import BuildConfig
+from schemas.categories import modality_of
+from schemas.config import BuildConfig, ConfigError
 from schemas.tables import CANDIDATES, PROMPTS, pairs_schema, raw_scores_schema, scores_schema, selected_schema
 
 STAGES: tuple[str, ...] = ("prompts", "generate", "score", "pair", "judge", "select", "write")
@@ -80,9 +81,50 @@ def parse_stages(spec: str | None) -> list[str]:
     return [s for s in STAGES if s in wanted]
 
 
+def preflight(cfg: BuildConfig, source: str = "<config>") -> dict:
+    """Checks that need the registries (generators, prompt library), before anything is written.
+
+    Returns the resolved generator specs; raises ConfigError naming the file and key.
+    """
+    from pipeline.generators import resolve_generator
+    from pipeline.prompts import capacity
+
+    specs = {}
+    for i, g in enumerate(cfg.generators):
+        try:
+            specs[g.name] = spec = resolve_generator(g)
+        except ValueError as err:
+            raise ConfigError(f"{source}: generators.{i}: {err}") from None
+        floor = cfg.media.min_side(spec.modality)
+        for j, sampling in enumerate(g.sampling):
+            params = {**spec.call_kwargs, **sampling}
+            if "height" in params and "width" in params and min(params["height"], params["width"]) < floor:
+                raise ConfigError(
+                    f"{source}: generators.{i}.sampling.{j}: {params['width']}x{params['height']} is below "
+                    f"media.min_{spec.modality}_side {floor}"
+                )
+    for cat, q in cfg.categories.items():
+        if q.prompts > capacity(cat) and not cfg.prompt_files:
+            raise ConfigError(f"{source}: categories.{cat}.prompts: {q.prompts} asked, the library has {capacity(cat)}")
+        serving = [
+            g.name for g in cfg.generators
+            if specs[g.name].modality == modality_of(cat) and (g.categories is None or cat in g.categories)
+        ]
+        if not serving:
+            raise ConfigError(f"{source}: categories.{cat}: no {modality_of(cat)} generator serves this category")
+    return specs
+
+
 class Build:
-    def __init__(self, cfg: BuildConfig, reporter: Reporter | None = None, cache_dir: str | Path | None = None):
+    def __init__(
+        self,
+        cfg: BuildConfig,
+        reporter: Reporter | None = None,
+        cache_dir: str | Path | None = None,
+        source: str = "<config>",
+    ):
         self.cfg = cfg
+        self.source = source
         self.out = Path(cfg.output_dir).resolve()
         self.paths = Paths(self.out)
         self.reporter = reporter or NullReporter()
@@ -93,6 +135,7 @@ class Build:
     # -- driver ---------------------------------------------------------------------------------
     def run(self, stages: list[str] | None = None) -> BuildResult:
         stages = stages or list(STAGES)
+        self.specs = preflight(self.cfg, self.source)
         self.out.mkdir(parents=True, exist_ok=True)
         write_bytes(self.paths.config, yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False).encode())
         if _RAY_STAGES & set(stages):
@@ -116,10 +159,8 @@ class Build:
         return StageSummary("prompts", n_in=sum(counts.values()), n_out=table.num_rows)
 
     def _generate(self, result: BuildResult) -> StageSummary:
-        from pipeline.generators import resolve_generator
-
         prompts = read_table(_need(self.paths.prompts, "generate", "prompts"), PROMPTS)
-        specs = {g.name: resolve_generator(g) for g in self.cfg.generators}
+        specs = self.specs
         tasks = plan_candidates(prompts, self.cfg, specs)
         store = PartStore(self.paths.candidates, CANDIDATES, "candidate_id")
         done = store.ids()

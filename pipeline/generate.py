@@ -15,6 +15,9 @@ from schemas.shard import media_extension
 from schemas.tables import CANDIDATES
 
 
+BELOW_MIN_RESOLUTION = "below_min_resolution"
+
+
 def media_relpath(modality: str, cid: str, image_format: str) -> str:
     return f"media/{modality}/{cid[:2]}/{cid}.{media_extension(modality, image_format)}"
 
@@ -91,12 +94,16 @@ class GenerateStage(ActorStage):
         row["candidate_id"] = task["id"]
         if isinstance(out, BaseException):
             return {**row, "status": "failed", "reason": f"{type(out).__name__}: {out}"[:500]}
-        if task["modality"] == "video":
+        video = task["modality"] == "video"
+        frames, (height, width) = (out.shape[0] if video else 1), out.shape[-3:-1]
+        floor = self.media.min_side(task["modality"])
+        if min(height, width) < floor:  # never upscaled: a small candidate is recorded, not kept
+            reason = f"{BELOW_MIN_RESOLUTION}: {width}x{height}, short side < {floor}"
+            return {**row, "width": width, "height": height, "num_frames": frames, "status": "failed", "reason": reason}
+        if video:
             data, fps = encode_video(out, self.media.video_fps), self.media.video_fps
-            frames, height, width = out.shape[0], out.shape[1], out.shape[2]
         else:
             data, fps = encode_image(out, self.media.image_format, self.media.jpeg_quality), None
-            frames, height, width = 1, out.shape[0], out.shape[1]
         rel = media_relpath(task["modality"], task["id"], self.media.image_format)
         write_atomic(Path(self.out_dir) / rel, data)
         return {

@@ -111,6 +111,11 @@ class MediaConfig(_Strict):
     image_format: Literal["jpg", "png", "webp"] = Field("jpg", description="Image encoding in media/ and shards.")
     jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG / WebP quality.")
     video_fps: float = Field(16.0, gt=0, description="Frame rate of exported H.264 videos.")
+    min_image_side: int = Field(0, ge=0, description="Reject image candidates whose short side is below this (px).")
+    min_video_side: int = Field(0, ge=0, description="Reject video candidates whose short side is below this (720 = 720p).")
+
+    def min_side(self, modality: str) -> int:
+        return self.min_video_side if modality == "video" else self.min_image_side
 
 
 class ShardConfig(_Strict):

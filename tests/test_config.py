@@ -64,3 +64,30 @@ def test_cli_bad_config_one_line_and_writes_nothing(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert f"{path}: generators.1.resources.batch_size:" in lines[0]
     assert not out.exists()
+
+
+def _cfg(**changes):
+    data = yaml.safe_load(yaml.safe_dump(SMALL))
+    for key, value in changes.items():
+        target = data
+        *path, last = key.split(".")
+        for p in path:
+            target = target[int(p)] if p.isdigit() else target[p]
+        target[last] = value
+    return parse_config(data, "c.yaml")
+
+
+def test_preflight_refuses_what_the_registries_cannot_do():
+    from pipeline.build import preflight
+
+    with pytest.raises(ConfigError, match=r"^c.yaml: generators.1: .*num_frames=10"):
+        preflight(_cfg(**{"generators.1.call_kwargs": {"num_frames": 10}}), "c.yaml")
+    with pytest.raises(ConfigError, match=r"^c.yaml: generators.0: generator 'mystery'.*must set pipeline_class, model, modality"):
+        preflight(_cfg(**{"generators.0.name": "mystery"}), "c.yaml")
+    with pytest.raises(ConfigError, match=r"^c.yaml: generators.0.sampling.0: 64x64 is below media.min_image_side 1024"):
+        preflight(_cfg(**{"media": {"min_image_side": 1024}}), "c.yaml")
+    with pytest.raises(ConfigError, match=r"^c.yaml: categories.aesthetics.prompts: 99999999 asked"):
+        preflight(_cfg(**{"categories.aesthetics.prompts": 99999999}), "c.yaml")
+    with pytest.raises(ConfigError, match=r"^c.yaml: categories.motion_quality: no video generator serves"):
+        preflight(_cfg(**{"generators.1.categories": ["visual_quality"]}), "c.yaml")
+    assert set(preflight(_cfg(), "c.yaml")) == {"tiny-sd15", "tiny-wan21"}

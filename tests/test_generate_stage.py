@@ -1,0 +1,70 @@
+"""The generate stage's own logic, with the diffusers call replaced by failure injection: retry one by
+one, record failures with their reason, reject small candidates without upscaling, refuse GPU asks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from pipeline.generate import BELOW_MIN_RESOLUTION, GenerateStage
+from pipeline.generators import REGISTRY
+from pipeline.ray_runtime import ResourceError, check_resources
+from schemas.config import MediaConfig, ResourceConfig
+
+
+@dataclass
+class FlakyStage(GenerateStage):
+    """Batches fail (as under memory pressure); prompts containing 'nan' fail alone too."""
+
+    calls: list | None = None
+
+    def setup(self) -> None:
+        self.calls = []
+
+    def _render(self, tasks):
+        self.calls.append(len(tasks))
+        if len(tasks) > 1:
+            raise RuntimeError("CUDA out of memory")
+        if "nan" in tasks[0]["prompt"]:
+            raise FloatingPointError("generator produced NaN pixels")
+        return [np.full((64, 64, 3), 7 * len(self.calls), np.uint8)]
+
+
+def _tasks(prompts):
+    return [
+        {"id": f"{i:016x}", "prompt_id": "p", "category": "aesthetics", "modality": "image", "prompt": p,
+         "generator": "tiny-sd15", "seed": i, "params": "{}"}
+        for i, p in enumerate(prompts)
+    ]
+
+
+def _stage(tmp_path, **media):
+    stage = FlakyStage(resources=ResourceConfig(), spec=REGISTRY["tiny-sd15"], out_dir=str(tmp_path), media=MediaConfig(**media))
+    stage.setup()
+    return stage
+
+
+def test_failed_batch_retries_one_by_one_and_records_failures(tmp_path):
+    stage = _stage(tmp_path)
+    rows = stage.process(_tasks(["a fox", "a nan fox", "a cat"])).to_pylist()
+    assert stage.calls == [3, 1, 1, 1]
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert rows[1]["reason"] == "FloatingPointError: generator produced NaN pixels"
+    assert rows[1]["media_path"] is None
+    for r in (rows[0], rows[2]):
+        assert (tmp_path / r["media_path"]).is_file() and r["width"] == 64 and r["num_frames"] == 1
+
+
+def test_small_candidates_are_rejected_not_upscaled(tmp_path):
+    stage = _stage(tmp_path, min_image_side=128)
+    (row,) = stage.process(_tasks(["a fox"])).to_pylist()
+    assert row["status"] == "failed" and row["reason"].startswith(f"{BELOW_MIN_RESOLUTION}: 64x64")
+    assert row["width"] == 64 and row["media_path"] is None
+    assert not (tmp_path / "media").exists()
+
+
+def test_gpu_request_on_cpu_cluster_is_refused(ray_session):
+    with pytest.raises(ResourceError, match=r"stage 'generate' asks for 1 GPU per actor but the Ray cluster has 0"):
+        check_resources("generate", 1, 1)
+    check_resources("generate", 0, 1)
