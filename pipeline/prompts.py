@@ -1,152 +1,388 @@
-"""The prompt library: deterministic, deduplicated prompts per category from templates and vocabularies.
+"""Prompts: the built-in library (templates x vocabularies, `pipeline/prompt_vocab.py`) and user prompt files.
 
-A template is a format string over named vocabularies; the library enumerates a seeded random walk over
-the combinations, so `n` prompts of a category are always the same `n` prompts for the same seed.
+Library. Each template of a category spans a mixed-radix index space: one digit per vocabulary it uses
+(fields sharing a vocabulary take distinct entries, so such a group is one digit over ordered choices).
+Index -> prompt is a bijection (the vocabularies are checked to make distinct prompts), so a category
+holds exactly `capacity(category)` prompts. `iter_prompts` walks every template's index space in a
+seeded pseudo-random order (a keyed Feistel permutation with cycle walking, vectorised with numpy),
+taking templates round-robin in a seeded order per round, so the first `n` prompts mix all the kinds of
+prompt of a category evenly. Everything is keyed by sha256 and `random.Random(str)`: the same seed
+gives the same order in any process, independent of `hash()` randomisation.
+
+Prompt files. `load_prompt_files` reads .txt / .jsonl / .csv / .parquet files of (category, prompt),
+reports every bad row as one line `file:line: what is wrong` and keeps the good ones.
 """
 from __future__ import annotations
 
+import csv
+import hashlib
 import itertools
+import json
+import math
 import random
 import re
 import string
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
-import pandas as pd
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from pipeline.prompt_vocab import TEMPLATES, VOCAB
 from schemas.categories import CATEGORIES, modality_of
 from schemas.ids import prompt_id
 from schemas.tables import PROMPTS
 
-_V: dict[str, tuple[str, ...]] = {
-    "subject": (
-        "a lighthouse on a cliff", "a fox in the snow", "an old library", "a mountain lake", "a koi pond",
-        "a desert caravan", "a glass greenhouse", "a tea house in the rain", "a sailing ship", "a city street at night",
-        "a field of sunflowers", "a bowl of ramen", "a violin on a chair", "a steam train", "a hot air balloon",
-    ),
-    "style": (
-        "oil painting", "watercolour", "35mm film photograph", "studio photograph", "ukiyo-e woodblock print",
-        "art nouveau poster", "isometric 3d render", "charcoal sketch", "cinematic still", "pastel illustration",
-    ),
-    "lighting": (
-        "golden hour light", "soft overcast light", "dramatic rim light", "neon glow", "candlelight",
-        "blue hour", "volumetric fog and god rays", "harsh noon sun",
-    ),
-    "number": ("two", "three", "four", "five", "six"),
-    "object": ("apples", "cats", "red balloons", "wooden chairs", "coffee cups", "paper boats", "candles", "books"),
-    "thing": ("cube", "sphere", "teapot", "bicycle", "umbrella", "clock", "vase", "lamp", "guitar", "backpack"),
-    "colour": ("red", "blue", "green", "yellow", "purple", "orange", "white", "black"),
-    "relation": ("on top of", "to the left of", "to the right of", "under", "behind", "in front of", "next to"),
-    "scene": (
-        "a kitchen table", "a wooden desk", "a beach at sunset", "a snowy park", "a rooftop garden", "a market stall",
-    ),
-    "detail": (
-        "wearing a striped scarf", "holding a blue umbrella", "with a small dog at its feet", "with three windows lit",
-        "with a crescent moon above", "with exactly one red door",
-    ),
-    "person_detail": (
-        "wearing a striped scarf", "holding a blue umbrella", "with a small dog at their feet", "wearing round glasses",
-        "carrying a stack of three books", "with a red bicycle beside them",
-    ),
-    "text": ("OPEN", "VIPO", "Hello World", "Fresh Bread", "EXIT", "Moonlight Cafe", "SALE 50%", "No Parking"),
-    "surface": (
-        "a neon sign", "a chalkboard menu", "a shop window", "a hand-painted wooden sign", "a coffee mug",
-        "a vintage poster", "a birthday cake", "a street banner",
-    ),
-    "person": (
-        "an elderly fisherman", "a young violinist", "a woman with freckles", "a chef in a white jacket",
-        "a smiling child", "a marathon runner", "a man with a grey beard", "a dancer",
-    ),
-    "framing": ("close-up portrait", "half-body portrait", "candid photo", "studio headshot", "environmental portrait"),
-    "hands": ("hands folded", "waving one hand", "holding a cup with both hands", "pointing at the camera"),
-    "motion": (
-        "a dog running across a meadow", "waves crashing on rocks", "a dancer spinning", "leaves falling in the wind",
-        "a cyclist riding down a hill", "a cat jumping onto a table", "a flag waving", "a ball bouncing down stairs",
-    ),
-    "camera": ("slow dolly in", "static camera", "tracking shot", "slow pan left", "aerial drone shot", "handheld"),
-    "quality": ("sharp focus, 4k", "crisp details, stable lighting", "high detail, no flicker", "smooth and clean"),
-    "sequence": (
-        "a candle is lit and then blown out", "a flower bud opens into a bloom", "a car stops and a door opens",
-        "a kettle boils and steam rises", "a child draws a circle and then colours it in", "the sun sets and stars appear",
-    ),
-}
+MAX_PROMPT_CHARS = 2000
 
-TEMPLATES: dict[str, tuple[str, ...]] = {
-    "aesthetics": ("{subject}, {style}, {lighting}", "{style} of {subject} under {lighting}"),
-    "composition": (
-        "{number} {object} {relation} a {colour} {thing}",
-        "a {colour} {thing} {relation} a {colour2} {thing2}",
-    ),
-    "text_image_alignment": ("{subject} {detail}, {style}", "{person} {person_detail} in {scene}"),
-    "text_rendering": ('{surface} that says "{text}"', 'the words "{text}" written on {surface}'),
-    "portrait_quality": ("{framing} of {person}, {hands}, {lighting}", "{framing} of {person}, {lighting}"),
-    "motion_quality": ("{motion}, {camera}", "{motion}, {camera}, {lighting}"),
-    "visual_quality": ("{subject}, {camera}, {quality}", "{motion}, {quality}"),
-    "video_text_alignment": ("{sequence}, {camera}", "{sequence} in {scene}"),
-}
+# --------------------------------------------------------------------------------------------------
+# articles
 
-_ALIASES = {"colour2": "colour", "thing2": "thing"}
+_ARTICLE = re.compile(r"\b([Aa])n? (?=([\w'-]+))")
+_AN_ALWAYS = ("hour", "honest", "honour", "honor", "heir", "8", "11", "18")
+_A_ALWAYS = ("one", "once", "eu", "ewe", "uni", "use", "usu", "uku", "ute", "ura", "uri")
 
 
-def _fields(template: str) -> list[str]:
-    return [f for _, f, _, _ in string.Formatter().parse(template) if f]
+def _article(match: re.Match) -> str:
+    word = match.group(2).lower()
+    if word.startswith(_AN_ALWAYS):
+        an = True
+    elif word.startswith(_A_ALWAYS):
+        an = False
+    else:
+        an = word[0] in "aeiou"
+    return match.group(1) + ("n " if an else " ")
 
 
-_ARTICLE = re.compile(r"\b([Aa]) (?=[aeiou])")
+def fix_articles(text: str) -> str:
+    """'a apple' -> 'an apple', 'an pear' -> 'a pear'; text inside double quotes is left as written."""
+    parts = text.split('"')
+    parts[::2] = [_ARTICLE.sub(_article, p) for p in parts[::2]]
+    return '"'.join(parts)
 
 
-def _render(template: str, rng: random.Random) -> str:
-    text = template.format(**{f: rng.choice(_V[_ALIASES.get(f, f)]) for f in _fields(template)})
-    return _ARTICLE.sub(r"\1n ", text)
+# --------------------------------------------------------------------------------------------------
+# templates
+
+_FIELD = re.compile(r"([a-z_]*[a-z])(\d*)")
+
+
+def _vocab_name(field_name: str) -> str:
+    m = _FIELD.fullmatch(field_name)
+    if m is None:
+        raise ValueError(f"bad template field {field_name!r}")
+    return m.group(1)
+
+
+@dataclass(frozen=True)
+class Template:
+    """One format string; `render(i)` for `0 <= i < size` are its prompts, all distinct."""
+
+    text: str
+    groups: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]  # (field names, vocabulary), one digit each
+    size: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Template":
+        names: list[str] = []
+        for _, name, _, _ in string.Formatter().parse(text):
+            if name is not None and name not in names:
+                names.append(name)
+        by_vocab: dict[str, list[str]] = {}
+        for name in names:
+            vocab = _vocab_name(name)
+            if vocab not in VOCAB:
+                raise ValueError(f"template {text!r}: no vocabulary {vocab!r}")
+            by_vocab.setdefault(vocab, []).append(name)
+        groups = tuple((tuple(fs), VOCAB[v]) for v, fs in by_vocab.items())
+        size = math.prod(math.perm(len(vocab), len(fs)) for fs, vocab in groups)
+        return cls(text, groups, size)
+
+    def values(self, index: int) -> dict[str, str]:
+        """The field values of prompt `index`: mixed radix, a group's digit picks an ordered distinct choice."""
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        out: dict[str, str] = {}
+        for fields, vocab in self.groups:
+            n = len(vocab)
+            taken: list[int] = []
+            for f in fields:
+                index, r = divmod(index, n - len(taken))
+                for t in sorted(taken):  # the r-th entry not taken yet
+                    if r >= t:
+                        r += 1
+                taken.append(r)
+                out[f] = vocab[r]
+        return out
+
+    def render(self, index: int) -> str:
+        return fix_articles(self.text.format(**self.values(index)))
+
+
+@lru_cache(maxsize=None)
+def templates(category: str) -> tuple[Template, ...]:
+    if category not in CATEGORIES:
+        raise ValueError(f"unknown category {category!r}; expected one of {list(CATEGORIES)}")
+    return tuple(Template.parse(t) for t in TEMPLATES[category])
 
 
 def capacity(category: str) -> int:
-    """Distinct prompts the templates of a category can make (an upper bound, before dedup)."""
-    total = 0
-    for t in TEMPLATES[category]:
-        n = 1
-        for f in _fields(t):
-            n *= len(_V[_ALIASES.get(f, f)])
-        total += n
-    return total
+    """How many distinct prompts the library holds for a category."""
+    return sum(t.size for t in templates(category))
+
+
+# --------------------------------------------------------------------------------------------------
+# seeded permutation of 0..n-1
+
+_M1 = np.uint64(0x9E3779B97F4A7C15)
+_M2 = np.uint64(0xBF58476D1CE4E5B9)
+_S29, _S32 = np.uint64(29), np.uint64(32)
+
+
+class Permutation:
+    """A keyed pseudo-random bijection of range(n): a 4-round Feistel network on the smallest even
+    number of bits that covers n, with cycle walking for the values that land past n."""
+
+    CHUNK = 4096
+
+    def __init__(self, n: int, key: str):
+        if n < 1:
+            raise ValueError("a permutation needs n >= 1")
+        self.n = n
+        bits = max(2, (n - 1).bit_length())
+        bits += bits % 2
+        self._half = np.uint64(bits // 2)
+        self._mask = np.uint64((1 << (bits // 2)) - 1)
+        digest = hashlib.sha256(key.encode("utf-8")).digest()
+        self._keys = [np.uint64(int.from_bytes(digest[8 * i : 8 * i + 8], "little")) for i in range(4)]
+
+    def _encrypt(self, x: np.ndarray) -> np.ndarray:
+        left, right = x >> self._half, x & self._mask
+        for k in self._keys:
+            f = (right ^ k) * _M1
+            f ^= f >> _S29
+            f *= _M2
+            f ^= f >> _S32
+            left, right = right, left ^ (f & self._mask)
+        return (left << self._half) | right
+
+    def take(self, start: int, stop: int) -> np.ndarray:
+        """The permuted values at positions start..stop-1 (clipped to n)."""
+        y = self._encrypt(np.arange(start, min(stop, self.n), dtype=np.uint64))
+        out = y >= self.n
+        while out.any():
+            y[out] = self._encrypt(y[out])
+            out = y >= self.n
+        return y
+
+    def __iter__(self) -> Iterator[int]:
+        for start in range(0, self.n, self.CHUNK):
+            yield from self.take(start, start + self.CHUNK).tolist()
+
+
+def _template_prompts(template: Template, key: str) -> Iterator[str]:
+    render = template.render
+    for i in Permutation(template.size, key):
+        yield render(i)
 
 
 def iter_prompts(category: str, seed: int) -> Iterator[str]:
-    """Distinct prompts of a category, in a seeded order; stops when the templates are exhausted."""
-    if category not in CATEGORIES:
-        raise ValueError(f"unknown category {category!r}")
-    rng = random.Random(f"{seed}:{category}")
-    seen: set[str] = set()
-    templates = TEMPLATES[category]
-    misses = 0
-    for i in itertools.count():
-        text = _render(templates[i % len(templates)], rng)
-        if text in seen:
-            misses += 1
-            if misses > 50 * max(len(seen), 100):
-                return
-            continue
-        misses = 0
-        seen.add(text)
-        yield text
+    """Distinct prompts of a category in a seeded order; stops after `capacity(category)` prompts."""
+    temps = templates(category)
+    streams = [_template_prompts(t, f"vipo-prompts\x1f{seed}\x1f{category}\x1f{i}") for i, t in enumerate(temps)]
+    rng = random.Random(f"vipo-prompts\x1f{seed}\x1f{category}")
+    active = list(range(len(streams)))
+    seen: set[str] = set()  # a guard only: the library's templates make distinct prompts
+    while active:
+        order = active[:]
+        rng.shuffle(order)
+        for i in order:
+            text = next(streams[i], None)
+            if text is None:
+                active.remove(i)
+            elif text not in seen:
+                seen.add(text)
+                yield text
+
+
+def _table(rows: list[tuple[str, str, str]]) -> pa.Table:
+    """PROMPTS table from (category, prompt, source) rows: first of each prompt_id kept, sorted by id."""
+    by_id: dict[str, tuple[str, str, str]] = {}
+    for category, text, source in rows:
+        by_id.setdefault(prompt_id(category, text), (category, text, source))
+    ids = sorted(by_id)
+    return pa.table(
+        {
+            "prompt_id": ids,
+            "category": [by_id[i][0] for i in ids],
+            "modality": [modality_of(by_id[i][0]) for i in ids],
+            "prompt": [by_id[i][1] for i in ids],
+            "source": [by_id[i][2] for i in ids],
+        },
+        schema=PROMPTS,
+    )
 
 
 def library_prompts(counts: dict[str, int], seed: int) -> pa.Table:
-    """The `prompts` table: `counts[category]` prompts per category from the library."""
-    rows = []
+    """The `prompts` table: the first `counts[category]` prompts of each category, sorted by prompt_id."""
+    rows: list[tuple[str, str, str]] = []
     for category, n in counts.items():
-        texts = list(itertools.islice(iter_prompts(category, seed), n))
-        if len(texts) < n:
-            raise ValueError(f"category {category!r}: asked for {n} prompts, the library has {len(texts)}")
-        for text in texts:
-            rows.append(
-                {
-                    "prompt_id": prompt_id(category, text),
-                    "category": category,
-                    "modality": modality_of(category),
-                    "prompt": text,
-                    "source": "library",
-                }
-            )
-    df = pd.DataFrame(rows, columns=PROMPTS.names).sort_values("prompt_id", kind="stable")
-    return pa.Table.from_pandas(df, schema=PROMPTS, preserve_index=False)
+        if n > capacity(category):
+            raise ValueError(f"category {category!r}: asked for {n} prompts, the library has {capacity(category)}")
+        rows += [(category, text, "library") for text in itertools.islice(iter_prompts(category, seed), n)]
+    return _table(rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# user prompt files
+
+PROMPT_FILE_TYPES = (".txt", ".jsonl", ".csv", ".parquet")
+
+
+@dataclass
+class PromptFileResult:
+    table: pa.Table  # PROMPTS schema; source = the file's name; one row per prompt_id, sorted by it
+    problems: list[str] = field(default_factory=list)  # one line per skipped row: "file:line: what is wrong"
+
+
+class _BadRow(Exception):
+    pass
+
+
+def _check(raw_category: object, raw_prompt: object, categories: Collection[str] | None) -> tuple[str, str]:
+    """The (category, prompt) of a row, or _BadRow saying what is wrong with it."""
+    for name, value in (("category", raw_category), ("prompt", raw_prompt)):
+        if value is None:
+            raise _BadRow(f"missing {name}")
+        if not isinstance(value, str):
+            raise _BadRow(f"{name} must be a string, got {type(value).__name__}")
+    category, prompt = raw_category.strip(), raw_prompt.strip()
+    if category not in CATEGORIES:
+        raise _BadRow(f"unknown category {category!r}")
+    if categories is not None and category not in categories:
+        raise _BadRow(f"category {category!r} is not one of the requested categories {sorted(categories)}")
+    if not prompt:
+        raise _BadRow("empty prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise _BadRow(f"prompt is {len(prompt)} characters long, more than {MAX_PROMPT_CHARS}")
+    return category, prompt
+
+
+def _lines(path: Path, newline: str | None = None) -> list[str]:
+    """The file's lines (split at \\n, \\r or \\r\\n only, so line numbers match an editor's)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline=newline) as f:
+            return list(f)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+
+
+def _txt_rows(path: Path) -> Iterator[tuple[str, object, object]]:
+    for n, line in enumerate(_lines(path), start=1):
+        line = line.rstrip("\n")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if "\t" not in line:
+            yield str(n), _BadRow("expected 'category<TAB>prompt'"), None
+            continue
+        category, prompt = line.split("\t", 1)
+        yield str(n), category, prompt
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, object, object]]:
+    for n, line in enumerate(_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield str(n), _BadRow(f"bad JSON ({e.msg} at column {e.colno})"), None
+            continue
+        if not isinstance(obj, dict):
+            yield str(n), _BadRow(f"expected a JSON object, got {type(obj).__name__}"), None
+            continue
+        missing = [k for k in ("prompt", "category") if k not in obj]
+        if missing:
+            yield str(n), _BadRow("missing field " + " and ".join(repr(k) for k in missing)), None
+            continue
+        yield str(n), obj["category"], obj["prompt"]
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, object, object]]:
+    lines = _lines(path, newline="")
+    reader = csv.DictReader(lines)
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [k for k in ("prompt", "category") if k not in header]
+    if missing:
+        raise ValueError(f"{path}: the csv header {header} has no column " + " or ".join(repr(k) for k in missing))
+    reader.fieldnames = header
+    end = reader.line_num  # the last line of the header
+    for row in reader:
+        start, end = end + 1, reader.line_num  # a quoted field may span lines: report the first
+        while start < end and not lines[start - 1].strip():  # blank lines before the record
+            start += 1
+        if None in row:
+            yield str(start), _BadRow(f"{len(header) + len(row[None])} fields, the header has {len(header)}"), None
+            continue
+        if all(v is None or not v.strip() for v in row.values()):  # a line of spaces only
+            continue
+        missing = [k for k in ("prompt", "category") if row.get(k) is None]
+        if missing:
+            yield str(start), _BadRow("missing field " + " and ".join(repr(k) for k in missing)), None
+            continue
+        yield str(start), row["category"], row["prompt"]
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, object, object]]:
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - any reader error is the same user-facing problem
+        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+    missing = [k for k in ("prompt", "category") if k not in table.column_names]
+    if missing:
+        raise ValueError(f"{path}: no column " + " or ".join(repr(k) for k in missing) + f" (has {table.column_names})")
+    for k in ("prompt", "category"):
+        if not (pa.types.is_string(table[k].type) or pa.types.is_large_string(table[k].type)):
+            raise ValueError(f"{path}: column {k!r} must hold strings, not {table[k].type}")
+    for n, (category, prompt) in enumerate(zip(table["category"].to_pylist(), table["prompt"].to_pylist())):
+        yield f"row {n}", category, prompt
+
+
+_READERS = {".txt": _txt_rows, ".jsonl": _jsonl_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
+
+
+def load_prompt_files(paths: list[str], categories: Collection[str] | None = None) -> PromptFileResult:
+    """Read user prompt files into a PROMPTS table (source = file name).
+
+    Bad rows (unknown or unrequested category, missing or empty prompt, longer than 2000 characters,
+    bad JSON, a missing field) are skipped and reported, one line each: `file:line: what is wrong`
+    (`file:row N: ...` for parquet, N counted from 0). A missing file, an unsupported extension or a
+    file that cannot be read as its type at all (no `prompt`/`category` columns, not UTF-8) raise
+    `ValueError`. A prompt given twice (same category and text) is kept once, the first time it appears.
+    """
+    files = [Path(p) for p in paths]
+    for p in files:
+        if p.suffix.lower() not in _READERS:
+            raise ValueError(f"{p}: unsupported prompt file type {p.suffix or '(none)'!r}; expected one of {', '.join(PROMPT_FILE_TYPES)}")
+        if not p.is_file():
+            raise ValueError(f"prompt file not found: {p}")
+    if categories is not None:
+        unknown = sorted(set(categories) - set(CATEGORIES))
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; expected some of {list(CATEGORIES)}")
+    rows: list[tuple[str, str, str]] = []
+    problems: list[str] = []
+    for p in files:
+        for where, raw_category, raw_prompt in _READERS[p.suffix.lower()](p):
+            try:
+                if isinstance(raw_category, _BadRow):
+                    raise raw_category
+                category, prompt = _check(raw_category, raw_prompt, categories)
+            except _BadRow as e:
+                problems.append(f"{p}:{where}: {e}")
+                continue
+            rows.append((category, prompt, p.name))
+    return PromptFileResult(_table(rows), problems)

@@ -34,13 +34,16 @@ def init_ray(cfg: RayConfig) -> None:
     ctx.verbose_stats_logs = False
 
 
-def _quiet_ray_data_console() -> None:
-    """Keep Ray Data's INFO chatter in its log file (under /tmp/ray/session_*/logs) and off the console."""
-    from ray._private.log import PlainRayHandler
+_CHATTY_LOGGERS = {
+    "ray.data._internal.execution.streaming_executor": logging.WARNING,  # "execution plan / finished"
+    "ray.data._internal.progress": logging.ERROR,  # "progress bars disabled": we disabled them
+}
 
-    for handler in logging.getLogger("ray.data").handlers:
-        if isinstance(handler, PlainRayHandler):
-            handler.setLevel(logging.WARNING)
+
+def _quiet_ray_data_console() -> None:
+    """Keep Ray Data's per-dataset chatter off the console: vipo reports progress itself."""
+    for name, level in _CHATTY_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def check_resources(stage: str, num_gpus: float, num_cpus: float) -> None:

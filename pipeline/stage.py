@@ -39,11 +39,18 @@ class ActorStage(abc.ABC):
 
 
 class _Actor:
-    """The Ray Data callable class wrapping a stage: constructed on the actor, so `setup` runs there."""
+    """The Ray Data callable class wrapping a stage: constructed on the actor, so `setup` runs there.
 
-    def __init__(self, stage: ActorStage):
+    The stage rides on a per-run subclass (see `_actor_class`) rather than in constructor arguments,
+    which Ray would park in the object store, where a restarted actor could lose them.
+    """
+
+    stage_template: ActorStage
+
+    def __init__(self):
         import torch
 
+        stage = self.stage_template
         torch.set_num_threads(max(1, int(stage.resources.num_cpus)))
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.stage = stage
@@ -52,6 +59,10 @@ class _Actor:
     def __call__(self, batch: pd.DataFrame) -> pa.Table:
         tables = [self.stage.process(json.loads(payload)) for payload in batch["tasks"]]
         return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def _actor_class(stage: ActorStage) -> type[_Actor]:
+    return type(f"{type(stage).__name__}Actor", (_Actor,), {"stage_template": stage})
 
 
 def make_units(tasks: Sequence[dict[str, Any]], size: int, key: Callable[[dict], Any]) -> list[list[dict]]:
@@ -73,8 +84,7 @@ def run_stage(stage: ActorStage, units: list[list[dict[str, Any]]]) -> Iterator[
     check_resources(stage.name, res.num_gpus, res.num_cpus)
     blocks = [pd.DataFrame({"tasks": [json.dumps(u)]}) for u in units]
     ds = ray.data.from_pandas(blocks).map_batches(
-        _Actor,
-        fn_constructor_kwargs={"stage": stage},
+        _actor_class(stage),
         batch_size=1,
         batch_format="pandas",
         compute=ray.data.ActorPoolStrategy(size=min(res.num_actors, len(units))),
