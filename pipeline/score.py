@@ -12,6 +12,10 @@ import pyarrow as pa
 from pipeline.stage import ActorStage
 from schemas.tables import VIDEO_METRIC_NAMES, raw_scores_schema, scores_schema
 
+# Reward models whose CLIP image tower gives the frame features for subject consistency, in preference order.
+_FEATURE_MODELS = ("clipscore", "pickscore", "aesthetic")
+
+
 def score_names(reward_models: list[str]) -> list[str]:
     """Columns of the scores table: the reward models, then the video metrics."""
     return list(reward_models) + list(VIDEO_METRIC_NAMES)
@@ -41,7 +45,7 @@ class ScoreStage(ActorStage):
         from PIL import Image
 
         from pipeline.media import decode_image
-        from reward_models.video import read_frames, temporal_flicker
+        from reward_models.video import read_frames
 
         prompts = [t["prompt"] for t in tasks]
         paths = [str(Path(self.out_dir) / t["media_path"]) for t in tasks]
@@ -52,13 +56,30 @@ class ScoreStage(ActorStage):
             videos = [[Image.fromarray(f) for f in clip] for clip in clips]
             for name, model in self.loaded.items():
                 cols[name] = model.score_video(videos, prompts)
-            cols["temporal_flicker"] = [temporal_flicker(clip) for clip in clips]
+            metrics = [self._video_metrics(clip, frames) for clip, frames in zip(clips, videos)]
+            for k in VIDEO_METRIC_NAMES:
+                cols[k] = [m.get(k) for m in metrics]
         else:
             images = [decode_image(Path(p).read_bytes()) for p in paths]
             for name, model in self.loaded.items():
                 cols[name] = model.score(images, prompts)
-            cols["temporal_flicker"] = [None] * len(tasks)
+            for k in VIDEO_METRIC_NAMES:
+                cols[k] = [None] * len(tasks)
         return pa.table(cols, schema=raw_scores_schema(score_names(list(self.loaded))))
+
+
+    def _video_metrics(self, clip: np.ndarray, frames: list) -> dict[str, float]:
+        """Temporal metrics; subject consistency on the CLIP image embeddings of a loaded CLIP scorer."""
+        import torch
+
+        from reward_models.video import video_metrics
+
+        clip_model = next((self.loaded[n] for n in _FEATURE_MODELS if n in self.loaded), None)
+        features = None
+        if clip_model is not None:
+            with torch.inference_mode():
+                features = clip_model.image_embeds(frames).float().cpu().numpy()
+        return video_metrics(clip, features)
 
 
 def add_group_stats(raw: pa.Table, scorers: list[str]) -> pa.Table:

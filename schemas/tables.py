@@ -6,7 +6,8 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 REWARD_MODEL_NAMES: tuple[str, ...] = ("pickscore", "hpsv21", "imagereward", "clipscore", "aesthetic")
-VIDEO_METRIC_NAMES: tuple[str, ...] = ("temporal_flicker",)
+# Weights-free video metrics (reward_models/video.py); informative, they do not vote in pairing.
+VIDEO_METRIC_NAMES: tuple[str, ...] = ("temporal_flicker", "motion_smoothness", "dynamic_degree", "subject_consistency")
 
 PROMPTS = pa.schema(
     [

@@ -128,3 +128,21 @@ def test_sigkill_midway_then_resume_gives_identical_shards(built, ray_session, v
     assert "already there" in gen.note and not gen.note.startswith("(0 generated")
     assert _tars(result.out_dir) == _tars(reference.out_dir)
     assert verify_dataset(result.out_dir) == []
+
+
+def test_scores_hold_rewards_metrics_and_advantages(built):
+    import numpy as np
+
+    from schemas.tables import REWARD_MODEL_NAMES, VIDEO_METRIC_NAMES
+
+    _, result = built
+    scores = pq.read_table(result.out_dir / "scores" / "scores.parquet").to_pandas()
+    assert scores[list(REWARD_MODEL_NAMES)].notna().all().all()
+    video, image = scores[scores.modality == "video"], scores[scores.modality == "image"]
+    assert video[list(VIDEO_METRIC_NAMES)].notna().all().all()
+    assert image[list(VIDEO_METRIC_NAMES)].isna().all().all()
+    assert ((video.temporal_flicker > 0) & (video.temporal_flicker <= 1)).all()
+    for _, group in scores.groupby("prompt_id"):
+        s = group["pickscore"].to_numpy(np.float64)
+        expected = (s - s.mean()) / s.std() if s.std() > 0 else np.zeros_like(s)
+        np.testing.assert_allclose(group["pickscore_advantage"], expected, rtol=1e-5, atol=1e-5)

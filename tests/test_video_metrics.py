@@ -1,19 +1,34 @@
-"""Video metrics: frame sampling through decord on real (lossless x264) mp4 files, and temporal flicker
-on synthetic arrays with hand-computed values."""
+"""Video metrics: frame sampling through decord on real (lossless x264) mp4 files, and the temporal
+metrics (flicker, motion smoothness, dynamic degree, subject consistency) on synthetic arrays with
+hand-computed values, then through a lossless mp4 read back with `read_frames`."""
 from __future__ import annotations
 
 import av
 import numpy as np
 import pytest
 
-from reward_models.video import read_frames, sample_indices, temporal_flicker
+from reward_models.video import (
+    DESCRIPTIVE_METRICS,
+    VIDEO_METRICS,
+    dynamic_degree,
+    motion_smoothness,
+    read_frames,
+    sample_indices,
+    subject_consistency,
+    temporal_flicker,
+    video_metrics,
+)
 
 
-def write_mp4(path, frames: np.ndarray, fps: int = 8) -> None:
-    """H.264 yuv420p at qp 0 (lossless in YUV): a static clip decodes to identical frames."""
+def write_mp4(path, frames: np.ndarray, fps: int = 8, rgb: bool = False) -> None:
+    """H.264 at qp 0. yuv420p (default) is lossless in YUV only: a static clip decodes to identical
+    frames, but the RGB -> YUV 4:2:0 conversion changes pixels. `rgb=True` uses libx264rgb (planar
+    RGB), lossless in RGB: decord returns the source pixels bit for bit (frame width a multiple of 8
+    outside {8, 16, 24, 48, 72}: decord 0.6 fails on those widths with any codec)."""
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream = container.add_stream("libx264rgb" if rgb else "libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "rgb24" if rgb else "yuv420p"
         stream.options = {"qp": "0"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
@@ -75,3 +90,142 @@ def test_temporal_flicker_exact_values():
     assert temporal_flicker(np.stack([const(0), const(255), const(0)])) == 0.0
     # float frames in [0, 255] work the same
     assert temporal_flicker(np.stack([const(0), const(10), const(10)]).astype(np.float32)) == pytest.approx(250 / 255, abs=1e-12)
+
+
+def const(v, shape=(2, 2, 3)) -> np.ndarray:
+    return np.full(shape, v, dtype=np.uint8)
+
+
+def test_static_clip():
+    clip = np.stack([_pattern()] * 6)
+    assert video_metrics(clip) == {"temporal_flicker": 1.0, "motion_smoothness": 1.0, "dynamic_degree": 0.0}
+    # too short for a step or a middle frame: the neutral value
+    assert motion_smoothness(clip[:2]) == 1.0 and motion_smoothness(clip[:1]) == 1.0
+    assert dynamic_degree(clip[:1]) == 0.0
+
+
+def test_linear_brightness_ramp():
+    step = 7
+    grey = np.stack([const(10 + step * i, (4, 4, 3)) for i in range(6)])
+    assert motion_smoothness(grey) == 1.0  # (f_{i-1} + f_{i+1}) / 2 == f_i exactly in float64
+    assert dynamic_degree(grey) == step / 255  # grey luma is exact (integer BT.601 weights)
+    assert temporal_flicker(grey) == pytest.approx(1 - step / 255, abs=1e-12)
+    # a coloured pattern brightening by `step` in every channel: same values
+    pattern = (_pattern() // 2).astype(np.uint8)
+    ramp = np.stack([pattern + np.uint8(step * i) for i in range(6)])
+    assert motion_smoothness(ramp) == 1.0
+    assert dynamic_degree(ramp) == pytest.approx(step / 255, abs=1e-12)
+
+
+def test_motion_smoothness_exact_values():
+    # frames alternating A, B: every middle frame is predicted as the other one -> 1 - mean|A - B| / 255
+    a = const(15)
+    b = np.array([[[0, 30, 60], [90, 120, 150]], [[180, 210, 240], [255, 0, 15]]], dtype=np.uint8)
+    # |B - 15| = 15 15 45 75 105 135 165 195 225 240 15 0, sum 1230 -> mean 102.5 (uint8 would wrap 0 - 15)
+    assert motion_smoothness(np.stack([a, b, a, b, a])) == 1 - 102.5 / 255
+    assert motion_smoothness(np.stack([b, a, b, a])) == 1 - 102.5 / 255
+    assert temporal_flicker(np.stack([a, b, a, b, a])) == pytest.approx(1 - 102.5 / 255, abs=1e-12)
+    assert motion_smoothness(np.stack([const(0), const(255)] * 3)) == 0.0  # the worst case
+    # half-integer prediction: |10 - (0 + 11) / 2| = 4.5
+    assert motion_smoothness(np.stack([const(0), const(10), const(11)])) == 1 - 4.5 / 255
+    # accelerating brightness 0, 10, 30, 60: errors |10 - 15| and |30 - 35| -> mean 5
+    assert motion_smoothness(np.stack([const(v) for v in (0, 10, 30, 60)])) == 1 - 5 / 255
+    # float frames in [0, 255] work the same
+    assert motion_smoothness(np.stack([const(0), const(10), const(11)]).astype(np.float32)) == 1 - 4.5 / 255
+
+
+def test_dynamic_degree_exact_values():
+    assert dynamic_degree(np.stack([const(0), const(255)] * 2)) == 1.0  # black/white every step
+    # a red-only change of 100 -> luma change 29.9 everywhere
+    red = const(0)
+    red[..., 0] = 100
+    assert dynamic_degree(np.stack([const(0), red])) == pytest.approx(29.9 / 255, abs=1e-12)
+    # one pixel of a 5x5 grey frame jumps by 255: the blur spreads it over its 3x3 neighbourhood
+    # keeping its sum -> mean 255 / 25
+    still = const(0, (5, 5, 3))
+    dot = still.copy()
+    dot[2, 2] = 255
+    assert dynamic_degree(np.stack([still, dot])) == pytest.approx(1 / 25, abs=1e-12)
+    # a 6x6 black/white checkerboard that inverts (pixel noise, no motion): flicker says everything
+    # changed by 255; the [1, 2, 1] / 4 blur cancels the +-255 pattern except at the 4 corners, where
+    # the replicated edges leave (9 - 3 - 3 + 1) / 16 * 255 = 63.75 -> 4 * 63.75 / 36 / 255 = 1 / 36
+    checker = (np.indices((6, 6)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    inverted = np.stack([checker, 255 - checker])
+    assert temporal_flicker(inverted) == 0.0
+    assert dynamic_degree(inverted) == pytest.approx(1 / 36, abs=1e-12)
+    # steps are averaged: changes of 10 then 0
+    assert dynamic_degree(np.stack([const(0), const(10), const(10)])) == 5 / 255
+    # grey (T, H, W) and (T, H, W, 1) inputs are luma already
+    grey = np.stack([np.full((3, 3), v, dtype=np.uint8) for v in (0, 10, 10)])
+    assert dynamic_degree(grey) == 5 / 255 and dynamic_degree(grey[..., None]) == 5 / 255
+    with pytest.raises(ValueError):
+        dynamic_degree(np.zeros((2, 3, 3, 4), dtype=np.uint8))
+    with pytest.raises(ValueError):
+        dynamic_degree(np.zeros((3, 3), dtype=np.uint8))
+
+
+def test_subject_consistency_exact_values():
+    e1, e2 = np.eye(2)
+    assert subject_consistency(np.tile([0.3, -1.2, 2.0], (5, 1))) == pytest.approx(1.0, abs=1e-12)
+    # orthogonal alternating e1 e2 e1 e2 ...: cos to the previous frame is always 0, cos to the first
+    # is 1 for even i -> terms 0, 0.5, 0, 0.5 (T = 5) and 0, 0.5, 0, 0.5, 0 (T = 6)
+    assert subject_consistency(np.stack([e1, e2] * 2 + [e1])) == pytest.approx(1.0 / 4, abs=1e-12)
+    assert subject_consistency(np.stack([e1, e2] * 3)) == pytest.approx(1.0 / 5, abs=1e-12)
+    # e1, e1 + e2, e2: terms (1/sqrt2 + 1/sqrt2) / 2 and (1/sqrt2 + 0) / 2, scale does not matter
+    feats = np.array([[2.0, 0.0], [3.0, 3.0], [0.0, 0.5]])
+    assert subject_consistency(feats) == pytest.approx(3 / (4 * np.sqrt(2)), abs=1e-12)
+    # VBench clamps each cosine at 0: e1, -e1, e1 gives terms (0 + 0) / 2 and (0 + 1) / 2 -> 0.25
+    # (averaging the raw cosines would give (-1 + 0) / 2 = -0.5)
+    assert subject_consistency(np.stack([e1, -e1, e1])) == pytest.approx(0.25, abs=1e-12)
+    # a zero vector has cosine 0 with everything; one frame is trivially consistent
+    assert subject_consistency(np.stack([e1, np.zeros(2), e1])) == pytest.approx(0.25, abs=1e-12)
+    assert subject_consistency(e1[None]) == 1.0
+    with pytest.raises(ValueError):
+        subject_consistency(e1)
+    with pytest.raises(ValueError):
+        subject_consistency(np.stack([e1, [np.nan, 0.0]]))
+
+
+def test_video_metrics_keys():
+    clip = np.stack([const(0), const(10), const(30)])
+    assert list(video_metrics(clip)) == ["temporal_flicker", "motion_smoothness", "dynamic_degree"]
+    out = video_metrics(clip, np.eye(3))
+    assert list(out) == list(VIDEO_METRICS)
+    assert out == {
+        "temporal_flicker": temporal_flicker(clip),
+        "motion_smoothness": 1 - 5 / 255,
+        "dynamic_degree": 15 / 255,
+        "subject_consistency": subject_consistency(np.eye(3)),
+    }
+    assert DESCRIPTIVE_METRICS == {"dynamic_degree"}
+    with pytest.raises(ValueError):
+        video_metrics(clip, np.eye(2))  # one embedding per frame
+
+
+def _moving_clip() -> np.ndarray:
+    """9 frames 64x64: a smooth texture sliding 2 px right per frame, frame 5 brightened (a flash)."""
+    y, x = np.mgrid[0:64, 0:64]
+    base = np.stack([128 + 100 * np.sin(x / 5.0), 128 + 100 * np.cos(y / 7.0), 128 + 80 * np.sin((x + y) / 9.0)], -1)
+    clip = np.stack([np.roll(base, 2 * i, axis=1) for i in range(9)])
+    clip[5] += 20
+    return np.clip(np.round(clip), 0, 255).astype(np.uint8)
+
+
+def test_metrics_through_lossless_mp4(tmp_path):
+    clip = _moving_clip()
+    write_mp4(tmp_path / "moving.mp4", clip, rgb=True)
+    feats = lambda c: c.reshape(len(c), 8, 8, 8, 8, 3).mean(axis=(2, 4)).reshape(len(c), -1) - 128.0  # noqa: E731
+    expected = video_metrics(clip, feats(clip))
+    assert 0.5 < expected["motion_smoothness"] < 0.99 and expected["dynamic_degree"] > 0.01
+    assert expected["subject_consistency"] < 0.99
+
+    decoded = read_frames(str(tmp_path / "moving.mp4"), 9)
+    assert np.array_equal(decoded, clip)  # libx264rgb at qp 0 is lossless in RGB
+    got = video_metrics(decoded, feats(decoded))
+    assert list(got) == list(expected)
+    for name in expected:
+        assert got[name] == pytest.approx(expected[name], abs=1e-3), name
+    # 5 of 9 frames: indices 0, 2, 4, 6, 8 (equal steps)
+    half = read_frames(str(tmp_path / "moving.mp4"), 5)
+    for name, value in video_metrics(half, feats(half)).items():
+        assert value == pytest.approx(video_metrics(clip[::2], feats(clip[::2]))[name], abs=1e-3), name
