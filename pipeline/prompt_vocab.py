@@ -29,12 +29,16 @@ def _counted(nouns: tuple[tuple[str, str], ...], start: int = 1) -> tuple[str, .
 
 SCENE = (
     "a lighthouse on a sea cliff", "a red fox in fresh snow", "an old library with tall wooden shelves",
-    "a still mountain lake ringed by pine trees", "a koi pond in a Japanese garden", "a desert caravan crossing the dunes",
+    "a still mountain lake ringed by pine trees", "a koi pond in a Japanese garden",
+    "a desert caravan crossing the dunes",
     "a glass greenhouse full of ferns", "a tea house on a hillside", "a tall ship under full sail",
     "a narrow city street lined with shops", "a field of sunflowers", "a steaming bowl of ramen",
-    "a violin resting on a velvet chair", "a steam train crossing a stone viaduct", "a hot air balloon over rolling hills",
-    "a cobblestone alley in an old town", "a snow-covered cabin in the woods", "a lavender field with a stone farmhouse",
-    "a bustling street market", "a vintage motorcycle parked by a brick wall", "a bowl of ripe peaches on a linen cloth",
+    "a violin resting on a velvet chair", "a steam train crossing a stone viaduct",
+    "a hot air balloon over rolling hills",
+    "a cobblestone alley in an old town", "a snow-covered cabin in the woods",
+    "a lavender field with a stone farmhouse",
+    "a bustling street market", "a vintage motorcycle parked by a brick wall",
+    "a bowl of ripe peaches on a linen cloth",
     "a cozy reading nook by a window", "a waterfall in a mossy forest", "an owl perched on a branch",
     "a white horse in a meadow", "a sailboat on a calm bay", "a cathedral interior with stained glass windows",
     "a path through a bamboo forest", "a rocky coastline with crashing waves", "a bouquet of peonies in a glass vase",
@@ -43,7 +47,8 @@ SCENE = (
     "a Venetian canal with gondolas", "a windmill beside a tulip field", "a futuristic city skyline",
     "an abandoned greenhouse overgrown with vines", "a mountain village with terraced fields",
     "a stack of old books and a brass lamp", "a peacock displaying its feathers", "a wooden rowboat on a quiet lake",
-    "a spiral staircase in an old tower", "a snowy mountain peak above the clouds", "a wheat field with a lone oak tree",
+    "a spiral staircase in an old tower", "a snowy mountain peak above the clouds",
+    "a wheat field with a lone oak tree",
     "a tiny cottage with a flower garden", "a fishing village with colourful houses", "a pair of swans on a river",
     "a tram climbing a hilly street", "a cat asleep on a windowsill", "a chess board in the middle of a game",
     "a market stall piled with citrus fruit", "a rooftop garden above the city", "a stone bridge over a stream",
@@ -52,7 +57,8 @@ SCENE = (
     "a pot of tea and a plate of scones", "a vintage typewriter on a desk", "a bicycle leaning against a blue door",
     "a café with hanging plants", "a grand piano in an empty hall", "a carousel at a fairground",
     "a frozen waterfall", "an orchard of blossoming cherry trees", "a deer at the edge of a forest",
-    "a harbour full of fishing boats", "a row of townhouses with colourful doors", "a glass of red wine on a marble counter",
+    "a harbour full of fishing boats", "a row of townhouses with colourful doors",
+    "a glass of red wine on a marble counter",
     "a hedgehog among autumn leaves", "a dirt road through rolling vineyards", "a lone tree on a hill",
     "a samurai standing in a bamboo grove", "a tiger resting by a river", "a brass telescope on a balcony",
     "a basket of freshly baked bread", "a sea turtle gliding over a reef", "a potter shaping clay on a wheel",
@@ -82,7 +88,8 @@ LIGHTING = (
 
 PALETTE = (
     "a muted pastel palette", "rich jewel tones", "teal and orange tones", "a monochrome blue palette",
-    "warm earthy tones", "vivid saturated colours", "soft desaturated colours", "high contrast", "black and gold accents",
+    "warm earthy tones", "vivid saturated colours", "soft desaturated colours", "high contrast",
+    "black and gold accents",
     "a sepia tone", "cool silver tones", "a red and green complementary palette", "dusty rose and sage tones",
     "bold primary colours", "a palette of creams and browns", "deep purples and magentas", "a faded vintage palette",
     "crisp whites and blues", "autumn oranges and reds", "subtle greys with one red accent",
@@ -97,7 +104,6 @@ LENS = (
     "85mm lens, shallow depth of field", "wide-angle lens", "telephoto lens, compressed perspective", "macro lens",
     "50mm lens at f/1.8", "medium format camera", "35mm lens, natural perspective", "long exposure", "tilt-shift lens",
     "soft focus", "deep depth of field", "24mm lens, low angle", "high angle view", "eye-level view",
-    "aerial view",
 )
 
 COLOUR = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "pink", "brown", "grey", "teal")
@@ -251,8 +257,8 @@ PERSON = (
 )
 
 PERSON_DETAIL = (
-    "wearing a striped scarf", "holding a blue umbrella", "with a small dog at their feet", "wearing round glasses",
-    "carrying a stack of three books", "with a red bicycle beside them", "holding a bunch of yellow balloons",
+    "wearing a striped scarf", "holding a blue umbrella", "walking a small dog", "wearing round glasses",
+    "carrying a stack of three books", "pushing a red bicycle", "holding a bunch of yellow balloons",
     "wearing a green hat", "reading a newspaper", "drinking from a white mug",
 )
 
@@ -368,8 +374,8 @@ BOOK_STYLE = (
 # portrait quality: faces, hands, anatomy, skin (ethnicity-neutral descriptors)
 
 FRAMING = (
-    "a close-up portrait", "a half-body portrait", "a candid photo", "a studio headshot", "an environmental portrait",
-    "a full-body photo", "a three-quarter portrait", "a profile portrait",
+    "a close-up portrait", "a half-body portrait", "a candid photo", "a headshot", "an environmental portrait",
+    "a full-body photo", "a three-quarter portrait", "a medium close-up portrait",
 )
 
 HAND_FRAMING = (
@@ -423,7 +429,7 @@ PORTRAIT_LIGHTING = (
 
 GROUP = (
     "two friends", "a family of four", "three coworkers", "a grandmother and her grandson", "a father and daughter",
-    "two sisters", "a couple in their seventies", "a group of five students", "a mother and her baby",
+    "two sisters", "a couple in their seventies", "a group of five students", "a mother and her teenage son",
     "two brothers", "a team of three nurses", "four teenagers",
 )
 
@@ -460,7 +466,8 @@ MOTION = (
     "a rollercoaster climbing and then plunging down", "a steam locomotive pulling out of a station",
     "a sailboat tacking in the wind", "a pizza chef tossing dough in the air", "a bartender shaking a cocktail",
     "a potter raising a clay pot on a wheel", "a blacksmith hammering hot iron", "a drummer playing a fast fill",
-    "a pianist's hands playing a fast passage", "a rock climber reaching for a hold", "a snowboarder carving down a slope",
+    "a pianist's hands playing a fast passage", "a rock climber reaching for a hold",
+    "a snowboarder carving down a slope",
     "a skier jumping off a ramp", "a car drifting around a corner", "a motorcycle leaning into a turn",
     "a hot air balloon rising at dawn", "a feather drifting down to the ground", "a soap bubble floating and popping",
     "water droplets splashing into a bowl of milk", "popcorn popping in a pan", "a campfire crackling",
@@ -486,7 +493,7 @@ SPEED = ("in slow motion", "in real time", "in smooth slow motion")
 
 CAMERA = (
     "static camera", "slow dolly in", "slow dolly out", "tracking shot", "slow pan left", "slow pan right",
-    "tilt up", "aerial drone shot", "handheld camera", "orbiting camera", "rising crane shot",
+    "tilt up", "handheld camera", "orbiting camera", "rising crane shot",
     "low-angle tracking shot", "close-up", "wide shot", "slow zoom in", "steadicam follow shot",
 )
 
@@ -500,28 +507,36 @@ VIDEO_STYLE = (
     "high frame rate footage", "4k footage",
 )
 
-VIDEO_SCENE = (
+VIDEO_SCENE = (  # outdoor scenes that any daylight or twilight suits
     "a waterfall in a mossy forest", "a busy city crossing at rush hour", "waves rolling onto a sandy beach",
-    "a candle flame in a dark room", "koi fish swimming in a pond", "a field of wheat swaying in the wind",
-    "clouds drifting over mountain peaks", "a chef plating a dish in a restaurant kitchen", "traffic on a highway",
-    "snow falling on a quiet street", "a jellyfish in an aquarium", "rain running down a window",
-    "a night market with glowing lanterns", "a river flowing through a canyon", "a forest of tall pines in fog",
-    "a cup of coffee with rising steam", "a fountain in a city square", "a lighthouse beam sweeping over the sea",
-    "fireworks over a harbour", "a carousel turning at a fair", "boats rocking in a marina",
-    "a cat washing its face on a sofa", "a flower field with bees", "a subway train arriving at a platform",
-    "a glassblower shaping molten glass", "a street lined with cherry blossoms in the breeze",
-    "a desert with drifting sand", "northern lights over a frozen lake", "a crackling fireplace",
-    "a coral reef with swimming fish", "a tea kettle boiling on a stove", "laundry drying on a line in the wind",
-    "a windmill farm on rolling hills", "a neon-lit alley in the rain", "a mountain stream over smooth stones",
-    "a bustling café terrace", "a herd of sheep on a hillside", "a rowing team on a misty river",
-    "a harbour crane loading containers", "a greenhouse with misting sprinklers", "ink spreading in water",
-    "a close view of a ticking clock mechanism", "a sunflower field in the wind", "an aquarium with rays gliding",
-    "a railway bridge with a passing train", "a pottery studio with a spinning wheel", "a lake reflecting autumn trees",
-    "a street performer juggling fire", "a time-worn library with dust in the light", "a tide pool with crabs",
-    "a rice terrace with workers", "a bakery with bread coming out of the oven", "an airport runway with a plane landing",
-    "a vineyard at harvest", "a glacier calving into the sea", "a hummingbird feeder in a garden",
-    "a snowy forest with a passing deer", "a city skyline with moving clouds", "a bonfire on a beach",
-    "a lantern floating on a river",
+    "koi fish swimming in a pond", "a field of wheat swaying in the wind", "clouds drifting over mountain peaks",
+    "traffic on a highway", "snow falling on a quiet street", "a river flowing through a canyon",
+    "a forest of tall pines in fog", "a fountain in a city square", "a carousel turning at a fair",
+    "boats rocking in a marina", "a flower field with bees", "a street lined with cherry blossoms in the breeze",
+    "a desert with drifting sand", "a mountain stream over smooth stones", "a bustling café terrace",
+    "a herd of sheep on a hillside", "a rowing team on a misty river", "a harbour crane loading containers",
+    "a sunflower field in the wind", "a railway bridge with a passing train", "a lake reflecting autumn trees",
+    "a tide pool with crabs", "a rice terrace with workers", "a vineyard at harvest", "a glacier calving into the sea",
+    "a hummingbird feeder in a garden", "a snowy forest with a passing deer", "a city skyline with moving clouds",
+    "a windmill farm on rolling hills", "laundry drying on a line in the wind",
+    "an airport runway with a plane landing",
+    "a cliff path above a stormy sea", "a farmers market with people browsing", "a kite festival on a beach",
+    "a canal with passing boats", "tall grass bending in the wind", "a busy pedestrian bridge",
+)
+
+LIT_SCENE = (  # scenes that bring their own light: night, indoors, underwater
+    "a candle flame in a dark room", "a chef plating a dish in a restaurant kitchen", "a jellyfish in an aquarium",
+    "rain running down a window at night", "a night market with glowing lanterns", "a cup of coffee with rising steam",
+    "a lighthouse beam sweeping over the sea at night", "fireworks over a harbour", "a cat washing its face on a sofa",
+    "a subway train arriving at a platform", "a glassblower shaping molten glass",
+    "northern lights over a frozen lake", "a crackling fireplace", "a coral reef with swimming fish",
+    "a tea kettle boiling on a stove", "a neon-lit alley in the rain", "a greenhouse with misting sprinklers",
+    "ink spreading in water", "a close view of a ticking clock mechanism", "an aquarium with rays gliding",
+    "a pottery studio with a spinning wheel", "a street performer juggling fire at night",
+    "an old library with dust floating in a sunbeam", "a bakery with bread coming out of the oven",
+    "a bonfire on a beach at night", "lanterns floating on a river at night",
+    "a city street at night with light trails",
+    "a concert crowd under stage lights", "a ballet rehearsal in a mirrored studio", "a diner with flickering neon",
 )
 
 MACRO = (
@@ -531,6 +546,11 @@ MACRO = (
     "raindrops hitting a puddle", "salt crystals growing", "a caterpillar eating a leaf",
     "a butterfly unfolding its wings", "the gears of a wristwatch", "oil paint being mixed on a palette",
     "sugar dissolving in tea", "moss swaying underwater", "a flower opening in time-lapse", "sparks from a grinder",
+)
+
+MACRO_CAMERA = (
+    "static camera", "slow dolly in", "slow focus pull", "slow pan left", "slow pan right", "extreme close-up",
+    "slow zoom in", "locked-off tripod shot",
 )
 
 QUALITY = (
@@ -620,7 +640,8 @@ VOCAB: dict[str, tuple[str, ...]] = {
     "expression": EXPRESSION, "hands": HANDS, "clothing": CLOTHING, "portrait_lighting": PORTRAIT_LIGHTING,
     "group": GROUP, "group_action": GROUP_ACTION, "portrait_setting": PORTRAIT_SETTING,
     "motion": MOTION, "quadruped": QUADRUPED, "gait": GAIT, "terrain": TERRAIN, "speed": SPEED, "camera": CAMERA,
-    "video_light": VIDEO_LIGHT, "video_style": VIDEO_STYLE, "video_scene": VIDEO_SCENE, "macro": MACRO,
+    "video_light": VIDEO_LIGHT, "video_style": VIDEO_STYLE, "video_scene": VIDEO_SCENE, "lit_scene": LIT_SCENE,
+    "macro": MACRO, "macro_camera": MACRO_CAMERA,
     "quality": QUALITY, "agent": AGENT, "act": ACT, "video_setting": VIDEO_SETTING, "sequence": SEQUENCE,
     "counted_mover": COUNTED_MOVER, "direction": DIRECTION,
 }
@@ -642,7 +663,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "text_image_alignment": (
         "{character} {wearing} and {holding}, {action_place}, {style_short}",
         "a {colour} {vehicle} parked {vehicle_place} {time}, {style_short}",
-        "{room} with a {colour} {furniture}, a {colour2} {furniture2} and {decor}, {style_short}",
+        "{room} with a {colour} {furniture}, a {colour2} {furniture2} and {decor}",
         "{person} {person_detail} in {place}, {style_short}",
     ),
     "text_rendering": (
@@ -666,10 +687,11 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "{quadruped} {gait} {terrain} {speed}, {camera}, {video_style}",
     ),
     "visual_quality": (
-        "{video_scene}, {camera}, {quality}, {quality2}",
         "{video_scene}, {camera}, {video_light}, {quality}, {quality2}",
-        "macro shot of {macro}, {camera}, {quality}, {quality2}",
+        "{lit_scene}, {camera}, {quality}, {quality2}",
+        "macro shot of {macro}, {macro_camera}, {quality}, {quality2}",
         "{video_scene}, {video_style}, {video_light}, {quality}",
+        "{lit_scene}, {video_style}, {quality}, {quality2}",
     ),
     "video_text_alignment": (
         "{agent} {video_setting} first {act}, then {act2}",

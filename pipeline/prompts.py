@@ -6,8 +6,8 @@ Index -> prompt is a bijection (the vocabularies are checked to make distinct pr
 holds exactly `capacity(category)` prompts. `iter_prompts` walks every template's index space in a
 seeded pseudo-random order (a keyed Feistel permutation with cycle walking, vectorised with numpy),
 taking templates round-robin in a seeded order per round, so the first `n` prompts mix all the kinds of
-prompt of a category evenly. Everything is keyed by sha256 and `random.Random(str)`: the same seed
-gives the same order in any process, independent of `hash()` randomisation.
+prompt of a category evenly. Everything is keyed by sha256 (and the raw PCG64 bit stream, which numpy
+keeps stable): the same seed gives the same order in any process, independent of `hash()`.
 
 Prompt files. `load_prompt_files` reads .txt / .jsonl / .csv / .parquet files of (category, prompt),
 reports every bad row as one line `file:line: what is wrong` and keeps the good ones.
@@ -19,7 +19,6 @@ import hashlib
 import itertools
 import json
 import math
-import random
 import re
 import string
 from collections.abc import Collection, Iterator
@@ -68,6 +67,7 @@ def fix_articles(text: str) -> str:
 # templates
 
 _FIELD = re.compile(r"([a-z_]*[a-z])(\d*)")
+_TRAILING_ARTICLE = re.compile(r"(?:^|(?<=\s))([Aa])n? $")
 
 
 def _vocab_name(field_name: str) -> str:
@@ -77,20 +77,52 @@ def _vocab_name(field_name: str) -> str:
     return m.group(1)
 
 
+def _with_article(value: str, capital: bool) -> str:
+    """'orange' -> 'an orange', the article that the start of `value` needs."""
+    return fix_articles(("A" if capital else "a") + " " + value)
+
+
 @dataclass(frozen=True)
 class Template:
-    """One format string; `render(i)` for `0 <= i < size` are its prompts, all distinct."""
+    """One format string; `render(i)` for `0 <= i < size` are its prompts, all distinct.
+
+    Parsing compiles the template for fast rendering: its literal text is article-fixed once, and an
+    article right before a field ("a {colour} ...") moves into a per-entry copy of that field's
+    vocabulary ("an orange", "a red"), so rendering is a positional `str.format` without regexes.
+    """
 
     text: str
     groups: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]  # (field names, vocabulary), one digit each
     size: int
+    fmt: str  # the compiled positional format string
+    slots: tuple[tuple[str, np.ndarray], ...]  # per position: (field name, its values as an object array)
 
     @classmethod
     def parse(cls, text: str) -> "Template":
-        names: list[str] = []
-        for _, name, _, _ in string.Formatter().parse(text):
-            if name is not None and name not in names:
-                names.append(name)
+        pieces: list[str] = []
+        slot_keys: list[tuple[str, str]] = []  # (field, article "", "a" or "A")
+        in_quote = False
+        for literal, name, spec, conv in string.Formatter().parse(text):
+            if spec or conv:
+                raise ValueError(f"template {text!r}: no format specs or conversions")
+            parts = literal.split('"')
+            for k in range(len(parts)):
+                if not (in_quote ^ (k % 2 == 1)):  # outside quotes
+                    parts[k] = _ARTICLE.sub(_article, parts[k])
+            in_quote ^= len(parts) % 2 == 0
+            literal = '"'.join(parts)
+            article = ""
+            if name is not None and not in_quote:
+                m = _TRAILING_ARTICLE.search(literal)
+                if m:
+                    article, literal = m.group(1), literal[: m.start()]
+            pieces.append(literal.replace("{", "{{").replace("}", "}}"))
+            if name is not None:
+                key = (name, article)
+                if key not in slot_keys:
+                    slot_keys.append(key)
+                pieces.append("{" + str(slot_keys.index(key)) + "}")
+        names = list(dict.fromkeys(n for n, _ in slot_keys))
         by_vocab: dict[str, list[str]] = {}
         for name in names:
             vocab = _vocab_name(name)
@@ -99,27 +131,46 @@ class Template:
             by_vocab.setdefault(vocab, []).append(name)
         groups = tuple((tuple(fs), VOCAB[v]) for v, fs in by_vocab.items())
         size = math.prod(math.perm(len(vocab), len(fs)) for fs, vocab in groups)
-        return cls(text, groups, size)
+        slots = []
+        for name, article in slot_keys:
+            vocab = VOCAB[_vocab_name(name)]
+            values = [_with_article(v, article == "A") for v in vocab] if article else list(vocab)
+            slots.append((name, np.array(values, dtype=object)))
+        return cls(text, groups, size, "".join(pieces), tuple(slots))
 
-    def values(self, index: int) -> dict[str, str]:
-        """The field values of prompt `index`: mixed radix, a group's digit picks an ordered distinct choice."""
-        if not 0 <= index < self.size:
-            raise IndexError(index)
-        out: dict[str, str] = {}
+    def digits(self, index: np.ndarray) -> dict[str, np.ndarray]:
+        """Each field's vocabulary position for prompts `index` (mixed radix; a group of fields that
+        share a vocabulary is one digit over ordered choices of distinct entries)."""
+        rem = np.asarray(index, dtype=np.int64).copy()
+        if rem.size and (rem.min() < 0 or rem.max() >= self.size):
+            raise IndexError(f"template index out of range(0, {self.size})")
+        out: dict[str, np.ndarray] = {}
         for fields, vocab in self.groups:
-            n = len(vocab)
-            taken: list[int] = []
-            for f in fields:
-                index, r = divmod(index, n - len(taken))
-                for t in sorted(taken):  # the r-th entry not taken yet
-                    if r >= t:
-                        r += 1
+            taken: list[np.ndarray] = []
+            for j, f in enumerate(fields):
+                m = len(vocab) - j
+                r = rem % m
+                rem //= m
+                if taken:  # the r-th entry not taken yet: step over the taken ones, smallest first
+                    for t in np.sort(np.stack(taken), axis=0):
+                        r = r + (r >= t)
                 taken.append(r)
-                out[f] = vocab[r]
+                out[f] = r
         return out
 
+    def render_many(self, index: np.ndarray) -> list[str]:
+        d = self.digits(index)
+        columns = [values[d[name]] for name, values in self.slots]
+        fmt = self.fmt.format
+        return [fmt(*row) for row in zip(*columns)]
+
     def render(self, index: int) -> str:
-        return fix_articles(self.text.format(**self.values(index)))
+        return self.render_many(np.array([index]))[0]
+
+    def values(self, index: int) -> dict[str, str]:
+        """The plain field values of prompt `index` (for checks: `fix_articles(text.format(**values))`)."""
+        d = self.digits(np.array([index]))
+        return {f: vocab[int(d[f][0])] for fields, vocab in self.groups for f in fields}
 
 
 @lru_cache(maxsize=None)
@@ -183,57 +234,90 @@ class Permutation:
             yield from self.take(start, start + self.CHUNK).tolist()
 
 
-def _template_prompts(template: Template, key: str) -> Iterator[str]:
-    render = template.render
-    for i in Permutation(template.size, key):
-        yield render(i)
+class _Stream:
+    """One template's prompts in its seeded order, rendered a chunk at a time."""
+
+    def __init__(self, template: Template, key: str):
+        self.template, self.perm = template, Permutation(template.size, key)
+        self.next_start, self.chunk = 0, 256  # small first chunks: drawing a handful of prompts stays cheap
+        self.buffer: list[str] = []
+        self.pos = 0
+
+    def refill(self) -> bool:
+        if self.next_start >= self.perm.n:
+            return False
+        stop = self.next_start + self.chunk
+        self.buffer = self.template.render_many(self.perm.take(self.next_start, stop).astype(np.int64))
+        self.pos, self.next_start, self.chunk = 0, stop, min(self.chunk * 2, Permutation.CHUNK)
+        return True
+
+
+def _key(*parts: object) -> str:
+    return "\x1f".join(["vipo-prompts", *map(str, parts)])
 
 
 def iter_prompts(category: str, seed: int) -> Iterator[str]:
-    """Distinct prompts of a category in a seeded order; stops after `capacity(category)` prompts."""
+    """Distinct prompts of a category in a seeded order; stops after `capacity(category)` prompts.
+
+    Templates take turns: each round visits every template that has prompts left once, in a seeded
+    order, so a prefix of any length mixes the kinds of prompt of the category evenly.
+    """
     temps = templates(category)
-    streams = [_template_prompts(t, f"vipo-prompts\x1f{seed}\x1f{category}\x1f{i}") for i, t in enumerate(temps)]
-    rng = random.Random(f"vipo-prompts\x1f{seed}\x1f{category}")
-    active = list(range(len(streams)))
+    streams = [_Stream(t, _key(seed, category, i)) for i, t in enumerate(temps)]
+    bits = np.random.PCG64(int.from_bytes(hashlib.sha256(_key(seed, category).encode()).digest()[:16], "little"))
+    active = [True] * len(streams)
+    n_active = len(streams)
     seen: set[str] = set()  # a guard only: the library's templates make distinct prompts
-    while active:
-        order = active[:]
-        rng.shuffle(order)
+    while n_active:
+        # 512 rounds at a time: each row is one round's order of the templates
+        order = np.argsort(bits.random_raw((512, len(streams))), axis=1, kind="stable").ravel().tolist()
         for i in order:
-            text = next(streams[i], None)
-            if text is None:
-                active.remove(i)
-            elif text not in seen:
+            if not active[i]:
+                continue
+            s = streams[i]
+            if s.pos >= len(s.buffer) and not s.refill():
+                active[i] = False
+                n_active -= 1
+                continue
+            text = s.buffer[s.pos]
+            s.pos += 1
+            if text not in seen:
                 seen.add(text)
                 yield text
 
 
-def _table(rows: list[tuple[str, str, str]]) -> pa.Table:
-    """PROMPTS table from (category, prompt, source) rows: first of each prompt_id kept, sorted by id."""
-    by_id: dict[str, tuple[str, str, str]] = {}
-    for category, text, source in rows:
-        by_id.setdefault(prompt_id(category, text), (category, text, source))
-    ids = sorted(by_id)
-    return pa.table(
+def _table(categories: list[str], prompts: list[str], sources: list[str]) -> pa.Table:
+    """PROMPTS table from parallel columns: the first row of each prompt_id kept, sorted by id."""
+    first: dict[str, int] = {}
+    for k, (category, text) in enumerate(zip(categories, prompts)):
+        first.setdefault(prompt_id(category, text), k)
+    keep = list(first.values())
+    if len(keep) < len(prompts):
+        categories, prompts, sources = ([col[k] for k in keep] for col in (categories, prompts, sources))
+    modality = {c: modality_of(c) for c in set(categories)}
+    table = pa.table(
         {
-            "prompt_id": ids,
-            "category": [by_id[i][0] for i in ids],
-            "modality": [modality_of(by_id[i][0]) for i in ids],
-            "prompt": [by_id[i][1] for i in ids],
-            "source": [by_id[i][2] for i in ids],
+            "prompt_id": list(first),
+            "category": categories,
+            "modality": [modality[c] for c in categories],
+            "prompt": prompts,
+            "source": sources,
         },
         schema=PROMPTS,
     )
+    return table.sort_by("prompt_id")
 
 
 def library_prompts(counts: dict[str, int], seed: int) -> pa.Table:
     """The `prompts` table: the first `counts[category]` prompts of each category, sorted by prompt_id."""
-    rows: list[tuple[str, str, str]] = []
+    categories: list[str] = []
+    prompts: list[str] = []
     for category, n in counts.items():
         if n > capacity(category):
             raise ValueError(f"category {category!r}: asked for {n} prompts, the library has {capacity(category)}")
-        rows += [(category, text, "library") for text in itertools.islice(iter_prompts(category, seed), n)]
-    return _table(rows)
+        prompts += itertools.islice(iter_prompts(category, seed), n)
+        categories += [category] * n
+    return _table(categories, prompts, ["library"] * len(prompts))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -345,7 +429,10 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, object, object]]:
     if missing:
         raise ValueError(f"{path}: no column " + " or ".join(repr(k) for k in missing) + f" (has {table.column_names})")
     for k in ("prompt", "category"):
-        if not (pa.types.is_string(table[k].type) or pa.types.is_large_string(table[k].type)):
+        t = table[k].type
+        if pa.types.is_dictionary(t):  # e.g. a pandas categorical
+            t = t.value_type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
             raise ValueError(f"{path}: column {k!r} must hold strings, not {table[k].type}")
     for n, (category, prompt) in enumerate(zip(table["category"].to_pylist(), table["prompt"].to_pylist())):
         yield f"row {n}", category, prompt
@@ -363,26 +450,33 @@ def load_prompt_files(paths: list[str], categories: Collection[str] | None = Non
     file that cannot be read as its type at all (no `prompt`/`category` columns, not UTF-8) raise
     `ValueError`. A prompt given twice (same category and text) is kept once, the first time it appears.
     """
-    files = [Path(p) for p in paths]
-    for p in files:
+    files = [(str(p), Path(p)) for p in paths]
+    for _, p in files:
         if p.suffix.lower() not in _READERS:
-            raise ValueError(f"{p}: unsupported prompt file type {p.suffix or '(none)'!r}; expected one of {', '.join(PROMPT_FILE_TYPES)}")
+            raise ValueError(
+                f"{p}: unsupported prompt file type {p.suffix or '(none)'!r}; "
+                f"expected one of {', '.join(PROMPT_FILE_TYPES)}"
+            )
         if not p.is_file():
             raise ValueError(f"prompt file not found: {p}")
     if categories is not None:
         unknown = sorted(set(categories) - set(CATEGORIES))
         if unknown:
             raise ValueError(f"unknown categories {unknown}; expected some of {list(CATEGORIES)}")
-    rows: list[tuple[str, str, str]] = []
+    categories_out: list[str] = []
+    prompts: list[str] = []
+    sources: list[str] = []
     problems: list[str] = []
-    for p in files:
+    for name, p in files:
         for where, raw_category, raw_prompt in _READERS[p.suffix.lower()](p):
             try:
                 if isinstance(raw_category, _BadRow):
                     raise raw_category
                 category, prompt = _check(raw_category, raw_prompt, categories)
             except _BadRow as e:
-                problems.append(f"{p}:{where}: {e}")
+                problems.append(f"{name}:{where}: {e}")
                 continue
-            rows.append((category, prompt, p.name))
-    return PromptFileResult(_table(rows), problems)
+            categories_out.append(category)
+            prompts.append(prompt)
+            sources.append(p.name)
+    return PromptFileResult(_table(categories_out, prompts, sources), problems)
