@@ -1,0 +1,8 @@
+"""The VLM rater's public names in one place; the code lives in `reward_models/vlm/`.
+
+    from reward_models.vlm_rater import VLMRater, PairQuery
+    rater = VLMRater.from_config(judge_cfg, model_path)
+    judgements = rater.rate([PairQuery(pair_id, prompt, category, [img_a], [img_b])])
+"""
+from reward_models.vlm import *  # noqa: F401,F403
+from reward_models.vlm import __all__  # noqa: F401
