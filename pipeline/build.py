@@ -29,7 +29,7 @@ from pipeline.store import PartStore, read_table, write_bytes, write_table
 from pipeline.write import write_shards
 from schemas.categories import modality_of
 from schemas.config import BuildConfig, ConfigError
-from schemas.tables import CANDIDATES, PROMPTS, pairs_schema, raw_scores_schema, scores_schema, selected_schema
+from schemas.tables import CANDIDATES, JUDGEMENTS, PROMPTS, pairs_schema, raw_scores_schema, scores_schema, selected_schema
 
 STAGES: tuple[str, ...] = ("prompts", "generate", "score", "pair", "judge", "select", "write")
 _RAY_STAGES = {"generate", "score", "write"}
@@ -61,6 +61,8 @@ class Paths:
         self.raw_scores = root / "scores" / "raw"
         self.scores = root / "scores" / "scores.parquet"
         self.pairs = root / "pairs" / "pairs.parquet"
+        self.judgements = root / "judgements" / "raw"
+        self.judge_keeps = root / "judgements" / "keeps.parquet"
         self.selected = root / "selected" / "selected.parquet"
         self.dropped = root / "selected" / "dropped.parquet"
 
@@ -196,6 +198,12 @@ class Build:
         cands = cands.filter(pc.equal(cands["status"], "ok"))
         prompts = read_table(_need(self.paths.prompts, "score", "prompts"), PROMPTS).select(["prompt_id", "prompt"])
         rows = cands.join(prompts, "prompt_id").to_pylist()
+        orphans = sorted({r["prompt_id"] for r in rows if r["prompt"] is None})
+        if orphans:
+            raise StageInputError(
+                f"{len(orphans)} prompt ids of {self.paths.candidates} are not in {self.paths.prompts} "
+                f"(e.g. {orphans[0]}): was the config's prompt set changed after generate? use a new output_dir"
+            )
         tasks = [
             {"id": r["candidate_id"], **{k: r[k] for k in ("prompt_id", "category", "modality", "prompt", "media_path")}}
             for r in rows
@@ -233,15 +241,53 @@ class Build:
         return StageSummary("pair", n_in=pairs.num_rows, n_out=pairs.num_rows - sum(reasons.values()), dropped=dict(reasons))
 
     def _judge(self, result: BuildResult) -> StageSummary:
-        # The VLM rater arrives with the scoring work; until a rater is configured, pairs pass unjudged.
-        return StageSummary("judge", note="skipped: no VLM rater configured")
+        jcfg = self.cfg.judge
+        if jcfg is None:
+            return StageSummary("judge", note="skipped: no VLM rater configured")
+        from pipeline.judge import JudgeStage, judge_keeps, rater_model_path
+
+        pairs = read_table(_need(self.paths.pairs, "judge", "pair"), pairs_schema(self.scorers))
+        pairs = pairs.filter(pairs["kept"])  # cheap before dear: the VLM sees only consistent pairs
+        media = PartStore(self.paths.candidates, CANDIDATES, "candidate_id").read().select(["candidate_id", "media_path"])
+        prompts = read_table(self.paths.prompts, PROMPTS).select(["prompt_id", "prompt"])
+        where = dict(zip(media["candidate_id"].to_pylist(), media["media_path"].to_pylist()))
+        text = dict(zip(prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist()))
+        tasks = [
+            {"id": r["pair_id"], "prompt": text[r["prompt_id"]], "category": r["category"], "modality": r["modality"],
+             "winner_path": where[r["winner_id"]], "loser_path": where[r["loser_id"]]}
+            for r in pairs.select(["pair_id", "prompt_id", "category", "modality", "winner_id", "loser_id"]).to_pylist()
+        ]
+        store = PartStore(self.paths.judgements, JUDGEMENTS, "pair_id")
+        done = store.ids()
+        units = make_units(tasks, jcfg.resources.batch_size, key=lambda t: t["modality"])
+        units = [u for u in units if not all(t["id"] in done for t in u)]
+        self.reporter.start("judge", len(tasks))
+        self.reporter.advance(len(tasks) - sum(len(u) for u in units))
+        if units:
+            stage = JudgeStage(
+                resources=jcfg.resources, cfg=jcfg, model_path=rater_model_path(jcfg, self.cache_dir), out_dir=str(self.out)
+            )
+            for table in run_stage(stage, units):
+                store.append(table)
+                self.reporter.advance(table.num_rows)
+        judgements = store.read()
+        keeps = judge_keeps(judgements, jcfg)
+        write_table(keeps, self.paths.judge_keeps)
+        reasons = Counter(r for r in keeps["drop_reason"].to_pylist() if r)
+        return StageSummary("judge", n_in=len(tasks), n_out=keeps.num_rows - sum(reasons.values()), dropped=dict(reasons))
 
     def _select(self, result: BuildResult) -> StageSummary:
         pairs = read_table(_need(self.paths.pairs, "select", "pair"), pairs_schema(self.scorers))
         prompts = read_table(self.paths.prompts, PROMPTS)
         kept = pc.sum(pairs["kept"]).as_py() or 0
         self.reporter.start("select", kept)
-        sel = select_pairs(pairs, prompts, self.cfg)
+        judged = None
+        if self.cfg.judge is not None:
+            from pipeline.judge import JUDGE_KEEPS
+
+            _need(self.paths.judge_keeps, "select", "judge")
+            judged = (PartStore(self.paths.judgements, JUDGEMENTS, "pair_id").read(), read_table(self.paths.judge_keeps, JUDGE_KEEPS))
+        sel = select_pairs(pairs, prompts, self.cfg, judged)
         write_table(sel.selected, self.paths.selected)
         write_table(sel.dropped, self.paths.dropped)
         self.reporter.advance(kept)

@@ -38,25 +38,33 @@ def _interleave_key(df: pd.DataFrame, seed: int) -> np.ndarray:
 
 
 def select_pairs(
-    pairs: pa.Table, prompts: pa.Table, cfg: BuildConfig, judgements: pa.Table | None = None
+    pairs: pa.Table, prompts: pa.Table, cfg: BuildConfig, judged: tuple[pa.Table, pa.Table] | None = None
 ) -> Selection:
+    """`judged`: the VLM's (judgements, keeps) tables when a rater is configured; its drops keep their reason."""
     scorers = cfg.scorer_names
     df = pairs.to_pandas()
     df = df[df["kept"]].sort_values(["category", "agree", "pair_id"], ascending=[True, False, True], kind="stable")
     df = df[df["category"].isin(list(cfg.categories))]
+    dropped = []
+    if judged is not None:
+        judgements, keeps = (t.to_pandas() for t in judged)
+        verdict = df[["pair_id", "category"]].merge(keeps, on="pair_id", how="left")
+        unjudged = verdict["kept"].isna().to_numpy()
+        if unjudged.any():
+            raise ValueError(f"{int(unjudged.sum())} consistent pairs have no VLM judgement; rerun the judge stage")
+        refused = ~verdict["kept"].astype(bool).to_numpy()
+        dropped.append(verdict.loc[refused, ["pair_id", "category", "drop_reason"]].rename(columns={"drop_reason": "reason"}))
+        df = df[~refused].merge(judgements[["pair_id", "p_winner"]].rename(columns={"p_winner": "p_vlm"}), on="pair_id", how="left")
+    else:
+        df = df.assign(p_vlm=np.nan)
     capped = df.groupby("prompt_id").cumcount() >= cfg.pairing.max_pairs_per_prompt
-    dropped = [df.loc[capped, ["pair_id", "category"]].assign(reason=PROMPT_CAP)]
+    dropped.append(df.loc[capped, ["pair_id", "category"]].assign(reason=PROMPT_CAP))
     df = df[~capped]
     quota = df["category"].map({c: q.quota for c, q in cfg.categories.items()})
     over = df.groupby("category").cumcount() >= quota
     dropped.append(df.loc[over, ["pair_id", "category"]].assign(reason=OVER_QUOTA))
     df = df[~over].reset_index(drop=True)
 
-    if judgements is not None and judgements.num_rows:
-        df = df.merge(judgements.select(["pair_id", "p_winner"]).to_pandas(), on="pair_id", how="left")
-        df = df.rename(columns={"p_winner": "p_vlm"})
-    else:
-        df["p_vlm"] = np.nan
     df = df.merge(prompts.select(["prompt_id", "prompt"]).to_pandas(), on="prompt_id", how="left")
     df["split"] = cfg.shards.split
     df["_key"] = _interleave_key(df, cfg.seed)
