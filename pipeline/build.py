@@ -19,13 +19,13 @@ from pipeline import models
 from pipeline.card import write_card
 from pipeline.generate import GenerateStage, plan_candidates
 from pipeline.pair import form_pairs
-from pipeline.prompts import library_prompts
+from pipeline.prompts import capacity, library_prompts, load_prompt_files
 from pipeline.ray_runtime import init_ray
 from pipeline.report import NullReporter, Reporter, StageSummary
 from pipeline.score import ScoreStage, add_group_stats, score_names
 from pipeline.select import select_pairs
 from pipeline.stage import make_units, run_stage
-from pipeline.store import PartStore, read_table, write_bytes, write_table
+from pipeline.store import PartStore, concat, dedupe_sorted, read_table, write_bytes, write_table
 from pipeline.write import write_shards
 from schemas.categories import modality_of
 from schemas.config import BuildConfig, ConfigError
@@ -57,6 +57,7 @@ class Paths:
         self.root = root
         self.config = root / "config.yaml"
         self.prompts = root / "prompts" / "prompts.parquet"
+        self.prompt_problems = root / "prompts" / "problems.txt"
         self.candidates = root / "candidates"
         self.raw_scores = root / "scores" / "raw"
         self.scores = root / "scores" / "scores.parquet"
@@ -89,7 +90,7 @@ def preflight(cfg: BuildConfig, source: str = "<config>") -> dict:
     Returns the resolved generator specs; raises ConfigError naming the file and key.
     """
     from pipeline.generators import resolve_generator
-    from pipeline.prompts import capacity
+    from pipeline.prompts import PROMPT_FILE_TYPES
 
     specs = {}
     for i, g in enumerate(cfg.generators):
@@ -105,6 +106,11 @@ def preflight(cfg: BuildConfig, source: str = "<config>") -> dict:
                     f"{source}: generators.{i}.sampling.{j}: {params['width']}x{params['height']} is below "
                     f"media.min_{spec.modality}_side {floor}"
                 )
+    for i, f in enumerate(cfg.prompt_files):
+        if not Path(f).is_file():
+            raise ConfigError(f"{source}: prompt_files.{i}: {f}: no such file")
+        if Path(f).suffix.lower() not in PROMPT_FILE_TYPES:
+            raise ConfigError(f"{source}: prompt_files.{i}: {f}: expected one of {', '.join(PROMPT_FILE_TYPES)}")
     for cat, q in cfg.categories.items():
         if q.prompts > capacity(cat) and not cfg.prompt_files:
             raise ConfigError(f"{source}: categories.{cat}.prompts: {q.prompts} asked, the library has {capacity(cat)}")
@@ -153,12 +159,23 @@ class Build:
 
     # -- stages ---------------------------------------------------------------------------------
     def _prompts(self, result: BuildResult) -> StageSummary:
-        counts = {c: q.prompts for c, q in self.cfg.categories.items()}
+        counts = {c: min(q.prompts, capacity(c)) for c, q in self.cfg.categories.items()}
         self.reporter.start("prompts", sum(counts.values()))
-        table = library_prompts(counts, self.cfg.seed)
+        tables = [library_prompts(counts, self.cfg.seed)]
+        problems: list[str] = []
+        if self.cfg.prompt_files:
+            loaded = load_prompt_files(self.cfg.prompt_files, categories=list(self.cfg.categories))
+            tables.append(loaded.table)
+            problems = loaded.problems
+        table = dedupe_sorted(concat(tables, PROMPTS), "prompt_id")
         write_table(table, self.paths.prompts)
+        write_bytes(self.paths.prompt_problems, "".join(f"{p}\n" for p in problems).encode())
         self.reporter.advance(table.num_rows)
-        return StageSummary("prompts", n_in=sum(counts.values()), n_out=table.num_rows)
+        note = f"bad rows listed in {self.paths.prompt_problems}" if problems else ""
+        return StageSummary(
+            "prompts", n_in=sum(counts.values()) + sum(t.num_rows for t in tables[1:]) + len(problems),
+            n_out=table.num_rows, dropped={"bad_row": len(problems)}, note=note,
+        )
 
     def _generate(self, result: BuildResult) -> StageSummary:
         prompts = read_table(_need(self.paths.prompts, "generate", "prompts"), PROMPTS)

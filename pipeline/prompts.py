@@ -439,6 +439,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, object, object]]:
 
 
 _READERS = {".txt": _txt_rows, ".jsonl": _jsonl_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
+PROMPT_FILE_TYPES: tuple[str, ...] = tuple(_READERS)
 
 
 def load_prompt_files(paths: list[str], categories: Collection[str] | None = None) -> PromptFileResult:

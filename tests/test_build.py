@@ -177,3 +177,22 @@ def test_judge_stage_filters_with_the_vlm_and_records_its_probability(built, tmp
                 if m.name.endswith(".json"):
                     meta = json.loads(t.extractfile(m).read())
                     assert abs(meta["vlm_probability"] - judgements.loc[meta["pair_id"], "p_winner"]) < 1e-6
+
+
+def test_prompt_files_join_the_library_and_bad_rows_are_listed(ray_session, vipo_cache, tmp_path):
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text(
+        '{"prompt": "a red fox asleep in a teacup", "category": "aesthetics"}\n'
+        '{"prompt": "a bicycle", "category": "landscapes"}\n'
+        "not json\n"
+    )
+    data = small_config(vipo_cache, tmp_path / "b")
+    data["prompt_files"] = [str(prompts)]
+    result = Build(parse_config(data)).run(["prompts"])
+    table = pq.read_table(tmp_path / "b" / "prompts" / "prompts.parquet").to_pandas()
+    mine = table[table.source == "mine.jsonl"]
+    assert mine.prompt.tolist() == ["a red fox asleep in a teacup"]
+    assert len(table) == 2 + 2 + 1  # two library prompts per category, plus the file's good row
+    problems = (tmp_path / "b" / "prompts" / "problems.txt").read_text().splitlines()
+    assert len(problems) == 2 and problems[0].startswith(f"{prompts}:2:") and problems[1].startswith(f"{prompts}:3:")
+    assert result.summaries[0].dropped == {"bad_row": 2}

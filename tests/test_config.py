@@ -91,3 +91,13 @@ def test_preflight_refuses_what_the_registries_cannot_do():
     with pytest.raises(ConfigError, match=r"^c.yaml: categories.motion_quality: no video generator serves"):
         preflight(_cfg(**{"generators.1.categories": ["visual_quality"]}), "c.yaml")
     assert set(preflight(_cfg(), "c.yaml")) == {"tiny-sd15", "tiny-wan21"}
+
+
+def test_preflight_checks_prompt_files(tmp_path):
+    from pipeline.build import preflight
+
+    with pytest.raises(ConfigError, match=r"^c.yaml: prompt_files.0: .*nope.txt: no such file"):
+        preflight(_cfg(prompt_files=[str(tmp_path / "nope.txt")]), "c.yaml")
+    (tmp_path / "p.docx").write_text("x")
+    with pytest.raises(ConfigError, match=r"^c.yaml: prompt_files.0: .*p.docx: expected one of .txt, .jsonl, .csv, .parquet"):
+        preflight(_cfg(prompt_files=[str(tmp_path / "p.docx")]), "c.yaml")
