@@ -66,7 +66,7 @@ def main() -> None:
     from pipeline.ray_runtime import init_ray
 
     init_ray(cfg.ray)
-    stage = GenerateStage(resources=cfg.generators[0].resources, spec=spec, model_path=path, out_dir=str(work / "build"), media=cfg.media)
+    stage = GenerateStage(resources=cfg.generators[0].resources, spec=spec, model_path=path, media_root=str(work / "build" / "media"), media=cfg.media)
     store = PartStore(work / "build" / "candidates", CANDIDATES, "candidate_id")
     t0 = time.perf_counter()
     first = None

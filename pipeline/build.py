@@ -137,6 +137,7 @@ class Build:
         self.paths = Paths(self.out)
         self.reporter = reporter or NullReporter()
         self.cache_dir = Path(cache_dir or cfg.cache_dir or models.default_cache_dir())
+        self.media_root = cfg.media.root or str(self.out / "media")
         self.scorers = cfg.scorer_names
         self.score_cols = score_names(self.scorers)
 
@@ -196,7 +197,7 @@ class Build:
                 resources=gcfg.resources,
                 spec=specs[gcfg.name],
                 model_path=models.generator_path(specs[gcfg.name], self.cache_dir),
-                out_dir=str(self.out),
+                media_root=self.media_root,
                 media=self.cfg.media,
             )
             for table in run_stage(stage, units):
@@ -238,7 +239,7 @@ class Build:
                     (r.name, models.reward_model_path(r.name, r.model, self.cache_dir), r.dtype, r.options)
                     for r in self.cfg.scoring.reward_models
                 ],
-                out_dir=str(self.out),
+                media_root=self.media_root,
                 video_frames=self.cfg.scoring.video_frames,
             )
             for table in run_stage(stage, units):
@@ -282,7 +283,7 @@ class Build:
         self.reporter.advance(len(tasks) - sum(len(u) for u in units))
         if units:
             stage = JudgeStage(
-                resources=jcfg.resources, cfg=jcfg, model_path=rater_model_path(jcfg, self.cache_dir), out_dir=str(self.out)
+                resources=jcfg.resources, cfg=jcfg, model_path=rater_model_path(jcfg, self.cache_dir), media_root=self.media_root
             )
             for table in run_stage(stage, units):
                 store.append(table)
@@ -323,6 +324,7 @@ class Build:
             PartStore(self.paths.candidates, CANDIDATES, "candidate_id").read(),
             read_table(self.paths.scores, scores_schema(self.score_cols)),
             out_dir=str(self.out),
+            media_root=self.media_root,
             scorers=self.scorers,
             score_cols=self.score_cols,
             image_format=self.cfg.media.image_format,

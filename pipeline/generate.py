@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -18,8 +17,9 @@ from schemas.tables import CANDIDATES
 BELOW_MIN_RESOLUTION = "below_min_resolution"
 
 
-def media_relpath(modality: str, cid: str, image_format: str) -> str:
-    return f"media/{modality}/{cid[:2]}/{cid}.{media_extension(modality, image_format)}"
+def media_key(modality: str, cid: str, image_format: str) -> str:
+    """Where a candidate's media lives, relative to the media root."""
+    return f"{modality}/{cid[:2]}/{cid}.{media_extension(modality, image_format)}"
 
 
 def plan_candidates(prompts: pa.Table, cfg: BuildConfig, specs: dict) -> list[dict[str, Any]]:
@@ -58,7 +58,7 @@ class GenerateStage(ActorStage):
 
     spec: Any = None  # pipeline.generators.GeneratorSpec
     model_path: str = ""
-    out_dir: str = ""
+    media_root: str = ""
     media: MediaConfig = field(default_factory=MediaConfig)
     name = "generate"
 
@@ -88,7 +88,7 @@ class GenerateStage(ActorStage):
         return pa.Table.from_pylist([self._row(t, out) for t, out in zip(tasks, outputs)], schema=CANDIDATES)
 
     def _row(self, task: dict, out: Any) -> dict:
-        from pipeline.media import encode_image, encode_video, sha256_hex, write_atomic
+        from pipeline.media import MediaStore, encode_image, encode_video, sha256_hex
 
         row = {k: task[k] for k in ("prompt_id", "category", "modality", "generator", "seed", "params")}
         row["candidate_id"] = task["id"]
@@ -104,8 +104,8 @@ class GenerateStage(ActorStage):
             data, fps = encode_video(out, self.media.video_fps), self.media.video_fps
         else:
             data, fps = encode_image(out, self.media.image_format, self.media.jpeg_quality), None
-        rel = media_relpath(task["modality"], task["id"], self.media.image_format)
-        write_atomic(Path(self.out_dir) / rel, data)
+        rel = media_key(task["modality"], task["id"], self.media.image_format)
+        MediaStore(self.media_root).write(rel, data)
         return {
             **row,
             "media_path": rel,

@@ -40,11 +40,11 @@ class JudgeStage(ActorStage):
     """The VLM rater on one actor; a unit holds pairs of one modality.
 
     Task keys: id (pair_id), prompt, category, modality, winner_path, loser_path (media paths
-    relative to `out_dir`)."""
+    relative to `media_root`)."""
 
     cfg: JudgeConfig
     model_path: str
-    out_dir: str
+    media_root: str
     name = "judge"
 
     def setup(self) -> None:
@@ -56,12 +56,12 @@ class JudgeStage(ActorStage):
     def _media(self, rel_path: str, modality: str) -> list:
         from PIL import Image
 
-        from pipeline.media import decode_image, read_video_frames
+        from pipeline.media import MediaStore, decode_image, read_video_frames
 
-        path = Path(self.out_dir) / rel_path
+        data = MediaStore(self.media_root).read(rel_path)
         if modality == "video":
-            return [Image.fromarray(f) for f in read_video_frames(path, self.cfg.video_frames)]
-        return [decode_image(path.read_bytes())]
+            return [Image.fromarray(f) for f in read_video_frames(data, self.cfg.video_frames)]
+        return [decode_image(data)]
 
     def process(self, tasks: list[dict[str, Any]]) -> pa.Table:
         from reward_models.vlm.prompting import PairQuery

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from reward_models.video import read_frames
+
 _PIL_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
@@ -103,42 +105,12 @@ def encode_video(frames: np.ndarray, fps: float, crf: int = 18, preset: str = "m
     return buf.getvalue()
 
 
-def _pick(total: int, num_frames: int | None) -> list[int]:
-    if num_frames is None:
-        return list(range(total))
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    return np.linspace(0, total - 1, num_frames).round().astype(int).tolist()
-
-
 def _source(path_or_bytes: str | Path | bytes):
     return io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
 
 
-def read_video_frames(path_or_bytes: str | Path | bytes, num_frames: int | None = None) -> np.ndarray:
-    """Decode a video to uint8 (T,H,W,3); `num_frames` picks evenly spaced frames, first and last included.
-
-    decord seeks straight to the frames asked for, which matters for long videos. It is not built
-    for every platform, and decord 0.6 mis-sizes frames of a few small widths (16, 24, 48, 72 px
-    give 4-channel rows or a copy error), so PyAV decodes whenever decord is absent or fails.
-    """
-    try:
-        import decord
-    except ImportError:
-        decord = None
-    if decord is not None:
-        try:
-            reader = decord.VideoReader(_source(path_or_bytes), ctx=decord.cpu(0), num_threads=1)
-            frames = reader.get_batch(_pick(len(reader), num_frames)).asnumpy()
-            if frames.ndim == 4 and frames.shape[-1] == 3:
-                return frames
-        except Exception:  # noqa: BLE001 - decord raises its own error types; PyAV below is the judge
-            pass
-    import av
-
-    with av.open(_source(path_or_bytes)) as container:
-        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-    return frames[_pick(len(frames), num_frames)]
+# One frame reader for the whole project (decord, PyAV fallback), kept beside the video metrics.
+read_video_frames = read_frames
 
 
 def probe_video(path_or_bytes: str | Path | bytes) -> dict:
@@ -179,3 +151,36 @@ def write_atomic(path: str | Path, data: bytes) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+class MediaStore:
+    """Media files under one root: a local folder, or any fsspec URL (s3://, gs://, file://, ...).
+
+    Keys are paths relative to the root (what the `candidates` table records), so a build's tables
+    do not change when its media move. Local writes land by atomic rename; an object store's PUT is
+    atomic by itself. Holds only the root string, so stages that carry it pickle cheaply.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = str(root)
+        self.remote = "://" in self.root
+
+    def _url(self, key: str) -> str:
+        return f"{self.root.rstrip('/')}/{key}"
+
+    def write(self, key: str, data: bytes) -> None:
+        if not self.remote:
+            write_atomic(Path(self.root) / key, data)
+            return
+        import fsspec
+
+        with fsspec.open(self._url(key), "wb", auto_mkdir=True) as f:
+            f.write(data)
+
+    def read(self, key: str) -> bytes:
+        if not self.remote:
+            return (Path(self.root) / key).read_bytes()
+        import fsspec
+
+        with fsspec.open(self._url(key), "rb") as f:
+            return f.read()

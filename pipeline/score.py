@@ -3,7 +3,6 @@ the video metrics, then the prompt group's statistics and group-relative advanta
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ class ScoreStage(ActorStage):
     """All configured reward models on one actor; a unit holds candidates of one modality."""
 
     models: list[tuple[str, str, str, dict]] = field(default_factory=list)  # (name, path or hub id, dtype, options)
-    out_dir: str = ""
+    media_root: str = ""
     video_frames: int = 4
     name = "score"
 
@@ -44,15 +43,16 @@ class ScoreStage(ActorStage):
     def process(self, tasks: list[dict[str, Any]]) -> pa.Table:
         from PIL import Image
 
-        from pipeline.media import decode_image
+        from pipeline.media import MediaStore, decode_image
         from reward_models.video import read_frames
 
         prompts = [t["prompt"] for t in tasks]
-        paths = [str(Path(self.out_dir) / t["media_path"]) for t in tasks]
+        store = MediaStore(self.media_root)
+        blobs = [store.read(t["media_path"]) for t in tasks]
         cols: dict[str, Any] = {k: [t[k] for t in tasks] for k in ("prompt_id", "category", "modality")}
         cols["candidate_id"] = [t["id"] for t in tasks]
         if tasks[0]["modality"] == "video":
-            clips = [read_frames(p, self.video_frames) for p in paths]
+            clips = [read_frames(b, self.video_frames) for b in blobs]
             videos = [[Image.fromarray(f) for f in clip] for clip in clips]
             for name, model in self.loaded.items():
                 cols[name] = model.score_video(videos, prompts)
@@ -60,7 +60,7 @@ class ScoreStage(ActorStage):
             for k in VIDEO_METRIC_NAMES:
                 cols[k] = [m.get(k) for m in metrics]
         else:
-            images = [decode_image(Path(p).read_bytes()) for p in paths]
+            images = [decode_image(b) for b in blobs]
             for name, model in self.loaded.items():
                 cols[name] = model.score(images, prompts)
             for k in VIDEO_METRIC_NAMES:

@@ -76,9 +76,12 @@ def _sample(row: dict, records: dict[str, dict], scorers: list[str]) -> dict:
 
 
 @ray.remote(num_cpus=1)
-def _write_shard(out_dir: str, folder: str, name: str, samples: list[dict], ext: str) -> dict:
+def _write_shard(media_root: str, folder: str, name: str, samples: list[dict], ext: str) -> dict:
     import webdataset as wds
 
+    from pipeline.media import MediaStore
+
+    media = MediaStore(media_root)
     buf = io.BytesIO()
     with wds.TarWriter(buf, user=TAR_OWNER, group=TAR_OWNER, mode=0o444, mtime=TAR_MTIME) as sink:
         for s in samples:
@@ -88,8 +91,8 @@ def _write_shard(out_dir: str, folder: str, name: str, samples: list[dict], ext:
                     "__key__": s["pair_id"],
                     "json": canonical_json(s).encode("utf-8"),
                     "txt": s["prompt"].encode("utf-8"),
-                    f"win.{ext}": (Path(out_dir) / win_path).read_bytes(),
-                    f"lose.{ext}": (Path(out_dir) / lose_path).read_bytes(),
+                    f"win.{ext}": media.read(win_path),
+                    f"lose.{ext}": media.read(lose_path),
                 }
             )
     data = buf.getvalue()
@@ -103,6 +106,7 @@ def write_shards(
     scores: pa.Table,
     *,
     out_dir: str,
+    media_root: str,
     scorers: list[str],
     score_cols: list[str],
     image_format: str,
@@ -130,7 +134,7 @@ def write_shards(
             ).drop(columns=["order"])
             side_path = write_table(pa.Table.from_pandas(side, preserve_index=False), folder / sidecar_name(split, index))
             sidecars.append(side_path)
-            jobs.append(_write_shard.remote(out_dir, str(folder), shard_name(split, index), samples, ext))
+            jobs.append(_write_shard.remote(media_root, str(folder), shard_name(split, index), samples, ext))
         shards = ray.get(jobs)
         for info, side_path in zip(shards, sidecars):
             info["sidecar"] = side_path.name

@@ -13,6 +13,8 @@ clip moves and is informative only (`DESCRIPTIVE_METRICS`).
 """
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -42,12 +44,35 @@ def sample_indices(num_total: int, num_frames: int) -> np.ndarray:
     return np.round(np.linspace(0, num_total - 1, num_frames)).astype(np.int64)
 
 
-def read_frames(path: str, num_frames: int) -> np.ndarray:
-    """uint8 RGB frames (T, H, W, 3), `T = num_frames`, uniformly sampled with decord."""
-    import decord
+def read_frames(source: str | Path | bytes, num_frames: int | None = None) -> np.ndarray:
+    """uint8 RGB frames (T, H, W, 3) of a video file or its bytes, `num_frames` uniformly sampled
+    (`sample_indices`; None = all frames).
 
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    return reader.get_batch(sample_indices(len(reader), num_frames).tolist()).asnumpy()
+    decord seeks straight to the frames asked for, which matters for long videos. It is not built
+    for every platform, and decord 0.6 mis-sizes frames of a few small widths (8, 12, 16, 24, 48, 72 px
+    give 4-channel rows or a copy error), so PyAV decodes whenever decord is absent or fails.
+    """
+    def _open():
+        return io.BytesIO(source) if isinstance(source, bytes) else str(source)
+
+    try:
+        import decord
+    except ImportError:
+        decord = None
+    if decord is not None:
+        try:
+            reader = decord.VideoReader(_open(), ctx=decord.cpu(0), num_threads=1)
+            picks = range(len(reader)) if num_frames is None else sample_indices(len(reader), num_frames).tolist()
+            frames = reader.get_batch(list(picks)).asnumpy()
+            if frames.ndim == 4 and frames.shape[-1] == 3:
+                return frames
+        except Exception:  # noqa: BLE001 - decord raises its own error types; PyAV below is the judge
+            pass
+    import av
+
+    with av.open(_open()) as container:
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    return frames if num_frames is None else frames[sample_indices(len(frames), num_frames)]
 
 
 def _differences(frames: np.ndarray) -> Iterator[np.ndarray]:

@@ -108,6 +108,9 @@ class JudgeConfig(_Strict):
 
 
 class MediaConfig(_Strict):
+    root: str | None = Field(
+        None, description="Media folder or fsspec URL (s3://bucket/prefix, gs://...); default <output_dir>/media."
+    )
     image_format: Literal["jpg", "png", "webp"] = Field("jpg", description="Image encoding in media/ and shards.")
     jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG / WebP quality.")
     video_fps: float = Field(16.0, gt=0, description="Frame rate of exported H.264 videos.")

@@ -40,7 +40,7 @@ def _tasks(prompts):
 
 
 def _stage(tmp_path, **media):
-    stage = FlakyStage(resources=ResourceConfig(), spec=REGISTRY["tiny-sd15"], out_dir=str(tmp_path), media=MediaConfig(**media))
+    stage = FlakyStage(resources=ResourceConfig(), spec=REGISTRY["tiny-sd15"], media_root=str(tmp_path), media=MediaConfig(**media))
     stage.setup()
     return stage
 
@@ -61,10 +61,33 @@ def test_small_candidates_are_rejected_not_upscaled(tmp_path):
     (row,) = stage.process(_tasks(["a fox"])).to_pylist()
     assert row["status"] == "failed" and row["reason"].startswith(f"{BELOW_MIN_RESOLUTION}: 64x64")
     assert row["width"] == 64 and row["media_path"] is None
-    assert not (tmp_path / "media").exists()
+    assert not (tmp_path / "image").exists()
 
 
 def test_gpu_request_on_cpu_cluster_is_refused(ray_session):
     with pytest.raises(ResourceError, match=r"stage 'generate' asks for 1 GPU per actor but the Ray cluster has 0"):
         check_resources("generate", 1, 1)
     check_resources("generate", 0, 1)
+
+
+@pytest.mark.parametrize("scheme", ["", "file://", "memory://"])
+def test_media_store_roundtrip_local_and_fsspec(tmp_path, scheme):
+    from pipeline.media import MediaStore
+
+    root = f"{scheme}{tmp_path}/media" if scheme != "memory://" else "memory://vipo-test/media"
+    store = MediaStore(root)
+    assert store.remote == bool(scheme)
+    store.write("image/ab/abcd.jpg", b"\xff\xd8bytes")
+    assert store.read("image/ab/abcd.jpg") == b"\xff\xd8bytes"
+    if scheme != "memory://":
+        assert (tmp_path / "media" / "image" / "ab" / "abcd.jpg").read_bytes() == b"\xff\xd8bytes"
+    with pytest.raises(FileNotFoundError):
+        store.read("image/ab/missing.jpg")
+
+
+def test_generate_stage_writes_media_through_fsspec(tmp_path):
+    stage = FlakyStage(resources=ResourceConfig(), spec=REGISTRY["tiny-sd15"], media_root=f"file://{tmp_path}/remote", media=MediaConfig())
+    stage.setup()
+    (row,) = stage.process(_tasks(["a fox"])).to_pylist()
+    assert row["media_path"] == f"image/{row['candidate_id'][:2]}/{row['candidate_id']}.jpg"
+    assert (tmp_path / "remote" / row["media_path"]).is_file()

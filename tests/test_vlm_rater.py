@@ -378,7 +378,7 @@ def test_judge_stage_process(tmp_path, tiny_folder):
     for rel, data in files.items():
         write_atomic(tmp_path / rel, data)
     cfg = JudgeConfig(model="tiny", image_size=56, video_frames=3)
-    stage = JudgeStage(resources=ResourceConfig(batch_size=2), cfg=cfg, model_path=tiny_folder, out_dir=str(tmp_path))
+    stage = JudgeStage(resources=ResourceConfig(batch_size=2), cfg=cfg, model_path=tiny_folder, media_root=str(tmp_path))
     stage = pickle.loads(pickle.dumps(stage))  # what Ray ships to the actor
     stage.setup()
     image_tasks = [{"id": "0123456789abcdef", "prompt": "a cat", "category": "aesthetics", "modality": "image",
