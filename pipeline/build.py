@@ -22,9 +22,9 @@ from pipeline.pair import form_pairs
 from pipeline.prompts import capacity, library_prompts, load_prompt_files
 from pipeline.ray_runtime import init_ray
 from pipeline.report import NullReporter, Reporter, StageSummary
-from pipeline.score import ScoreStage, add_group_stats, score_names
+from pipeline.score import ScoreStage, add_group_stats, merge_raw_scores, score_names, video_metrics_pool
 from pipeline.select import select_pairs
-from pipeline.stage import make_units, run_stage
+from pipeline.stage import ActorStage, make_units, run_stage
 from pipeline.store import PartStore, concat, dedupe_sorted, read_table, write_bytes, write_table
 from pipeline.write import write_shards
 from schemas.categories import modality_of
@@ -158,6 +158,15 @@ class Build:
             self.reporter.finish(summary)
         return result
 
+    def _run_pending(self, stage: ActorStage, units: list[list[dict]], store: PartStore) -> None:
+        """Run the units whose ids are not all in `store` yet, appending each unit's rows as it lands."""
+        done = store.ids()
+        pending = [u for u in units if not all(t["id"] in done for t in u)]
+        self.reporter.advance(sum(len(u) for u in units) - sum(len(u) for u in pending))
+        for table in run_stage(stage, pending):
+            store.append(table)
+            self.reporter.advance(table.num_rows)
+
     # -- stages ---------------------------------------------------------------------------------
     def _prompts(self, result: BuildResult) -> StageSummary:
         counts = {c: min(q.prompts, capacity(c)) for c, q in self.cfg.categories.items()}
@@ -186,13 +195,8 @@ class Build:
         done = store.ids()
         todo = sum(t["id"] not in done for t in tasks)
         self.reporter.start("generate", len(tasks))
-        self.reporter.advance(len(tasks) - todo)
         for gcfg in self.cfg.generators:
             mine = [t for t in tasks if t["generator"] == gcfg.name]
-            units = make_units(mine, gcfg.resources.batch_size, key=lambda t: t["params"])
-            units = [u for u in units if not all(t["id"] in done for t in u)]
-            if not units:
-                continue
             stage = GenerateStage(
                 resources=gcfg.resources,
                 spec=specs[gcfg.name],
@@ -200,9 +204,7 @@ class Build:
                 media_root=self.media_root,
                 media=self.cfg.media,
             )
-            for table in run_stage(stage, units):
-                store.append(table)
-                self.reporter.advance(table.num_rows)
+            self._run_pending(stage, make_units(mine, gcfg.resources.batch_size, key=lambda t: t["params"]), store)
         cands = store.read()
         failed = pc.sum(pc.equal(cands["status"], "failed")).as_py() or 0
         return StageSummary(
@@ -226,26 +228,23 @@ class Build:
             {"id": r["candidate_id"], **{k: r[k] for k in ("prompt_id", "category", "modality", "prompt", "media_path")}}
             for r in rows
         ]
-        store = PartStore(self.paths.raw_scores, raw_scores_schema(self.score_cols), "candidate_id")
-        done = store.ids()
-        units = make_units(tasks, self.cfg.scoring.resources.batch_size, key=lambda t: t["modality"])
-        units = [u for u in units if not all(t["id"] in done for t in u)]
-        self.reporter.start("score", len(tasks))
-        self.reporter.advance(len(tasks) - sum(len(u) for u in units))
-        if units:
+        groups = self.cfg.scoring.model_groups()
+        self.reporter.start("score", len(tasks) * len(groups))
+        metrics_pool = video_metrics_pool([[r.name for r in g] for g, _ in groups])
+        raws = []
+        for gi, (group, resources) in enumerate(groups):
             stage = ScoreStage(
-                resources=self.cfg.scoring.resources,
-                models=[
-                    (r.name, models.reward_model_path(r.name, r.model, self.cache_dir), r.dtype, r.options)
-                    for r in self.cfg.scoring.reward_models
-                ],
+                resources=resources,
+                models=[(r.name, models.reward_model_path(r.name, r.model, self.cache_dir), r.dtype, r.options) for r in group],
                 media_root=self.media_root,
                 video_frames=self.cfg.scoring.video_frames,
+                video_metrics=gi == metrics_pool,
             )
-            for table in run_stage(stage, units):
-                store.append(table)
-                self.reporter.advance(table.num_rows)
-        raw = store.read()
+            store = PartStore(self.paths.raw_scores / f"group-{gi}", raw_scores_schema(stage.columns()), "candidate_id")
+            units = make_units(tasks, resources.batch_size, key=lambda t: t["modality"])
+            self._run_pending(stage, units, store)
+            raws.append(store.read())
+        raw = merge_raw_scores(raws, self.score_cols)
         write_table(add_group_stats(raw, self.score_cols), self.paths.scores)
         return StageSummary("score", n_in=len(tasks), n_out=raw.num_rows)
 
@@ -276,18 +275,11 @@ class Build:
             for r in pairs.select(["pair_id", "prompt_id", "category", "modality", "winner_id", "loser_id"]).to_pylist()
         ]
         store = PartStore(self.paths.judgements, JUDGEMENTS, "pair_id")
-        done = store.ids()
-        units = make_units(tasks, jcfg.resources.batch_size, key=lambda t: t["modality"])
-        units = [u for u in units if not all(t["id"] in done for t in u)]
         self.reporter.start("judge", len(tasks))
-        self.reporter.advance(len(tasks) - sum(len(u) for u in units))
-        if units:
-            stage = JudgeStage(
-                resources=jcfg.resources, cfg=jcfg, model_path=rater_model_path(jcfg, self.cache_dir), media_root=self.media_root
-            )
-            for table in run_stage(stage, units):
-                store.append(table)
-                self.reporter.advance(table.num_rows)
+        stage = JudgeStage(
+            resources=jcfg.resources, cfg=jcfg, model_path=rater_model_path(jcfg, self.cache_dir), media_root=self.media_root
+        )
+        self._run_pending(stage, make_units(tasks, jcfg.resources.batch_size, key=lambda t: t["modality"]), store)
         judgements = store.read()
         keeps = judge_keeps(judgements, jcfg)
         write_table(keeps, self.paths.judge_keeps)

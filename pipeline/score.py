@@ -15,6 +15,26 @@ from schemas.tables import VIDEO_METRIC_NAMES, raw_scores_schema, scores_schema
 _FEATURE_MODELS = ("clipscore", "pickscore", "aesthetic")
 
 
+def video_metrics_pool(pools: list[list[str]]) -> int:
+    """Index of the actor pool that computes the video metrics: the one holding the preferred CLIP
+    feature model, so subject consistency does not depend on how the models are grouped."""
+    for name in _FEATURE_MODELS:
+        for i, pool in enumerate(pools):
+            if name in pool:
+                return i
+    return 0
+
+
+def merge_raw_scores(tables: list[pa.Table], columns: list[str]) -> pa.Table:
+    """Join the raw score tables of several actor pools on candidate_id (rows scored by all of them)."""
+    keys = ["candidate_id", "prompt_id", "category", "modality"]
+    merged = tables[0].to_pandas()
+    for t in tables[1:]:
+        merged = merged.merge(t.to_pandas(), on=keys, how="inner")
+    schema = raw_scores_schema(columns)
+    return pa.Table.from_pandas(merged.sort_values("candidate_id")[schema.names], schema=schema, preserve_index=False)
+
+
 def score_names(reward_models: list[str]) -> list[str]:
     """Columns of the scores table: the reward models, then the video metrics."""
     return list(reward_models) + list(VIDEO_METRIC_NAMES)
@@ -27,6 +47,7 @@ class ScoreStage(ActorStage):
     models: list[tuple[str, str, str, dict]] = field(default_factory=list)  # (name, path or hub id, dtype, options)
     media_root: str = ""
     video_frames: int = 4
+    video_metrics: bool = True  # one pool per build computes the temporal metrics
     name = "score"
 
     def setup(self) -> None:
@@ -56,16 +77,21 @@ class ScoreStage(ActorStage):
             videos = [[Image.fromarray(f) for f in clip] for clip in clips]
             for name, model in self.loaded.items():
                 cols[name] = model.score_video(videos, prompts)
-            metrics = [self._video_metrics(clip, frames) for clip, frames in zip(clips, videos)]
-            for k in VIDEO_METRIC_NAMES:
-                cols[k] = [m.get(k) for m in metrics]
+            if self.video_metrics:
+                metrics = [self._video_metrics(clip, frames) for clip, frames in zip(clips, videos)]
+                for k in VIDEO_METRIC_NAMES:
+                    cols[k] = [m.get(k) for m in metrics]
         else:
             images = [decode_image(b) for b in blobs]
             for name, model in self.loaded.items():
                 cols[name] = model.score(images, prompts)
-            for k in VIDEO_METRIC_NAMES:
-                cols[k] = [None] * len(tasks)
-        return pa.table(cols, schema=raw_scores_schema(score_names(list(self.loaded))))
+        schema = raw_scores_schema(self.columns())
+        return pa.table({f.name: pa.array(cols.get(f.name, [None] * len(tasks)), type=f.type) for f in schema}, schema=schema)
+
+    def columns(self) -> list[str]:
+        """Score columns this stage emits (video metrics are null for images)."""
+        names = [m[0] for m in self.models]
+        return score_names(names) if self.video_metrics else names
 
 
     def _video_metrics(self, clip: np.ndarray, frames: list) -> dict[str, float]:

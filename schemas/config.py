@@ -72,10 +72,35 @@ class RewardModelConfig(_Strict):
         return self
 
 
+class ScoreGroupConfig(_Strict):
+    models: list[str] = Field(min_length=1, description="Reward models sharing one actor pool (media decoded once for them).")
+    resources: ResourceConfig = Field(default_factory=ResourceConfig, description="This group's actor pool.")
+
+
 class ScoringConfig(_Strict):
     reward_models: list[RewardModelConfig] = Field(min_length=1, description="Reward models scoring every candidate.")
     video_frames: int = Field(4, ge=2, description="Frames sampled per video for the image rewards.")
     resources: ResourceConfig = Field(default_factory=ResourceConfig, description="Score actor pool (all models per actor).")
+    groups: list[ScoreGroupConfig] = Field(
+        default_factory=list,
+        description="Split the reward models over several actor pools (e.g. one GPU each); default: one pool for all.",
+    )
+
+    @model_validator(mode="after")
+    def _groups_cover_models(self) -> "ScoringConfig":
+        if self.groups:
+            named = [m for g in self.groups for m in g.models]
+            configured = [r.name for r in self.reward_models]
+            if sorted(named) != sorted(configured):
+                raise ValueError(f"groups: must name each of {configured} exactly once, got {named}")
+        return self
+
+    def model_groups(self) -> list[tuple[list[RewardModelConfig], ResourceConfig]]:
+        """(models, resources) per actor pool, in config order."""
+        if not self.groups:
+            return [(list(self.reward_models), self.resources)]
+        by_name = {r.name: r for r in self.reward_models}
+        return [([by_name[m] for m in g.models], g.resources) for g in self.groups]
 
 
 class PairingConfig(_Strict):

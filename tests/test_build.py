@@ -196,3 +196,30 @@ def test_prompt_files_join_the_library_and_bad_rows_are_listed(ray_session, vipo
     problems = (tmp_path / "b" / "prompts" / "problems.txt").read_text().splitlines()
     assert len(problems) == 2 and problems[0].startswith(f"{prompts}:2:") and problems[1].startswith(f"{prompts}:3:")
     assert result.summaries[0].dropped == {"bad_row": 2}
+
+
+def test_reward_models_split_over_two_actor_pools_give_the_same_scores(built, tmp_path):
+    cfg, result = built
+    out = tmp_path / "split"
+    shutil.copytree(result.out_dir, out, ignore=shutil.ignore_patterns("scores", "pairs", "selected", "shards", "card"))
+    data = cfg.model_dump(mode="json")
+    data["output_dir"] = str(out)
+    res = data["scoring"]["resources"]
+    data["scoring"]["groups"] = [
+        {"models": ["pickscore", "hpsv21"], "resources": res},
+        {"models": ["imagereward", "clipscore", "aesthetic"], "resources": res},
+    ]
+    Build(parse_config(data)).run(["score"])
+    assert sorted(p.name for p in (out / "scores" / "raw").iterdir()) == ["group-0", "group-1"]
+    split = pq.read_table(out / "scores" / "scores.parquet")
+    whole = pq.read_table(result.out_dir / "scores" / "scores.parquet")
+    assert split.equals(whole)  # video metrics ride with the pool that holds clipscore, as before
+
+
+def test_score_groups_must_cover_every_model_once():
+    from schemas.config import ConfigError
+
+    data = small_config(Path("/tmp"), Path("/tmp/x"))
+    data["scoring"]["groups"] = [{"models": ["pickscore", "hpsv21"]}, {"models": ["hpsv21", "clipscore"]}]
+    with pytest.raises(ConfigError, match=r"scoring: groups: must name each of"):
+        parse_config(data, "c.yaml")
