@@ -101,3 +101,11 @@ def test_preflight_checks_prompt_files(tmp_path):
     (tmp_path / "p.docx").write_text("x")
     with pytest.raises(ConfigError, match=r"^c.yaml: prompt_files.0: .*p.docx: expected one of .txt, .jsonl, .csv, .parquet"):
         preflight(_cfg(prompt_files=[str(tmp_path / "p.docx")]), "c.yaml")
+
+
+def test_configuration_reference_is_current():
+    from schemas.config_doc import render_config_reference
+
+    assert (REPO / "docs" / "configuration.md").read_text() == render_config_reference(), (
+        "docs/configuration.md is stale: python -m schemas.config_doc > docs/configuration.md"
+    )

@@ -1,0 +1,51 @@
+"""The configuration reference (docs/configuration.md), rendered from the config models' own help
+text so the docs cannot drift from the code (a test compares them)."""
+from __future__ import annotations
+
+import typing
+
+from pydantic import BaseModel
+
+from schemas.config import BuildConfig
+
+
+def _type_name(annotation) -> str:
+    text = getattr(annotation, "__name__", None) if typing.get_origin(annotation) is None else None
+    return text or str(annotation).replace("typing.", "").replace("schemas.config.", "")
+
+
+def _models_in(annotation) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def render_config_reference() -> str:
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `schemas/config.py` (`python -m schemas.config_doc > docs/configuration.md`).",
+        "Unknown keys are errors; every error names the file and the key.",
+    ]
+    seen: set[type[BaseModel]] = set()
+    queue: list[tuple[str, type[BaseModel]]] = [("(top level)", BuildConfig)]
+    while queue:
+        title, model = queue.pop(0)
+        if model in seen:
+            continue
+        seen.add(model)
+        lines += ["", f"## `{model.__name__}` — {title}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            if field.is_required():
+                default = "required"
+            else:
+                value = field.get_default(call_default_factory=True)
+                default = "its defaults" if isinstance(value, BaseModel) else f"`{value!r}`"
+            kind = _type_name(field.annotation).replace("|", "\\|")
+            lines.append(f"| `{name}` | `{kind}` | {default} | {field.description or ''} |")
+            queue += [(f"`{name}`", m) for m in _models_in(field.annotation)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_config_reference(), end="")
