@@ -9,9 +9,15 @@ from tests.conftest import REPO, SMALL, write_config
 
 
 def test_demo_and_presets_validate():
+    from pipeline.build import preflight
+
     for name in ("demo.yaml", "vipo-image.yaml", "vipo-video.yaml"):
         cfg = load_config(REPO / "configs" / name)
         assert cfg.quorum <= len(cfg.scorer_names)
+        preflight(cfg, name)
+    for name in ("vipo-image.yaml", "vipo-video.yaml"):  # the paper's rule and resolution floors
+        cfg = load_config(REPO / "configs" / name)
+        assert cfg.quorum == 5 and max(cfg.media.min_image_side, cfg.media.min_video_side) >= 720
     demo = load_config(REPO / "configs" / "demo.yaml")
     assert len(demo.categories) == 8
 
