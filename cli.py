@@ -82,12 +82,12 @@ def build(
 @app.command()
 def verify(path: Path = typer.Argument(..., help="A build folder or its shards/ folder.")) -> None:
     """Check shards against the format contract; exits 1 with the list of problems."""
-    from pipeline.verify import verify_dataset
+    from pipeline.verify import balance_report, verify_dataset
 
     if not path.exists():
         _fail(f"{path}: no such folder")
     problems = verify_dataset(path)
-    for p in problems:
+    for p in problems + balance_report(path):  # warnings (short of quota) do not fail verify
         print(p)
     if problems:
         console.print(f"[bold red]{len(problems)} problem(s)[/]")
