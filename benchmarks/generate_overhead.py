@@ -5,7 +5,7 @@ Runs the same units twice, side by side in one process:
   2. stage: the real generate stage on Ray (actor pool, units, media encoding, atomic writes, parquet parts).
 Prints stage wall time / bare forward time. Goal: <= 1.15 on 2 cores.
 
-    python benchmarks/generate_overhead.py --images 160 --size 256
+    python benchmarks/generate_overhead.py --images 64 --size 128 --steps 8
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ from schemas.tables import CANDIDATES
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=160, help="candidates to generate")
-    ap.add_argument("--size", type=int, default=256, help="image side (px) of the tiny SD1.5")
+    ap.add_argument("--images", type=int, default=64, help="candidates to generate")
+    ap.add_argument("--size", type=int, default=128, help="image side (px) of the tiny SD1.5")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=4)
     args = ap.parse_args()
