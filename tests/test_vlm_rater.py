@@ -26,7 +26,6 @@ from pipeline.media import encode_image, encode_video, write_atomic
 from reward_models.vlm.openai_backend import OpenAIBackend, RaterRequestError
 from reward_models.vlm.prompting import chat_messages, images_of
 from reward_models.vlm_rater import (
-    Judgement,
     PairQuery,
     RaterAnswerError,
     VLMRater,
