@@ -50,7 +50,8 @@ def _records(candidates: pa.Table, scores: pa.Table, score_cols: list[str]) -> d
     for cid, row in cand.iterrows():
         rec = {k: _num(row[k]) for k in _RECORD_COLS if k != "candidate_id"}
         rec["candidate_id"] = cid
-        rec["params"] = json.loads(rec["params"])
+        # params stay canonical json text: their keys differ by generator, and readers that infer a
+        # schema from the first samples (datasets' webdataset builder) would drop or mistype the rest.
         s = sc.loc[cid] if cid in sc.index else None
         rec["scores"] = {c: _num(s[c]) if s is not None else None for c in score_cols}
         rec["advantages"] = {c: _num(s[f"{c}_advantage"]) if s is not None else None for c in score_cols}

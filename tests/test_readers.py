@@ -133,3 +133,18 @@ def test_ray_data_reads_every_sample(build_dir, modality):
                 assert arr.shape == (rec["height"], rec["width"], 3) and arr.dtype == np.uint8
             else:
                 assert _frames(row[f"{member}.mp4"]) == rec["num_frames"]
+
+
+def test_every_sample_json_has_the_same_keys(build_dir):
+    """Readers that infer a schema from the first samples (datasets) must see every key there."""
+    import webdataset as wds
+
+    def shape(obj):
+        if isinstance(obj, dict):
+            return {k: shape(v) for k, v in sorted(obj.items())}
+        return "null" if obj is None else type(obj).__name__
+
+    for modality in MODALITIES:
+        urls = sorted(str(p) for p in _folder(build_dir, modality).glob("*.tar"))
+        shapes = {json.dumps(shape(s["json"])) for s in wds.WebDataset(urls, shardshuffle=False).decode()}
+        assert len(shapes) == 1, shapes
