@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import secrets
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.store import write_bytes
 from reward_models.video import read_frames
 
 _PIL_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -124,33 +123,8 @@ def probe_video(path_or_bytes: str | Path | bytes) -> dict:
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the whole new one, never a part.
-
-    A temp file in the same folder (same filesystem, so the rename is atomic) is written, fsynced and
-    renamed over `path`; on any error it is removed. Parent folders are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: its 0600 mode would stick to the published file; os.open honours the umask.
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not possible everywhere (e.g. Windows), harmless to skip
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    """Write `data` to `path` so readers see the old file or the whole new one, never a part."""
+    write_bytes(path, data)
 
 
 class MediaStore:

@@ -8,49 +8,53 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
-from collections.abc import Iterable
+import secrets
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
+def _write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Readers see the old file or the whole new one, never a part: a temp file in the same folder
+    (same filesystem, so the rename is atomic) is written, fsynced and renamed over `path`; on any
+    error it is removed. Parent folders are created."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Not mkstemp: its 0600 mode would stick to the published file; os.open honours the umask.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable; not possible everywhere (e.g. Windows), harmless to skip
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
 
 
 def write_table(table: pa.Table, path: str | Path) -> Path:
-    """Write a parquet file atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f, compression="zstd")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a parquet file atomically."""
+    return _write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write bytes atomically."""
+    return _write_atomic(path, lambda f: f.write(data))
 
 
 def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
