@@ -66,25 +66,26 @@ def per_sample_error(pred: Tensor, target: Tensor) -> Tensor:
     return sq.flatten(1).mean(dim=1)
 
 
-def _check_errors(**errs: Tensor) -> int:
+def _check_errors(caller: str, unit: str, **errs: Tensor) -> int:
+    """Validate per-sample error vectors (tensors, 1-D, one batch size, non-empty); return the batch size."""
     names = list(errs)
     for name, t in errs.items():
         if not isinstance(t, Tensor):
-            raise TypeError(f"poly_dpo_loss: {name} must be a torch.Tensor, got {type(t).__name__}")
+            raise TypeError(f"{caller}: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.ndim != 1:
             raise ValueError(
-                f"poly_dpo_loss: {name} must be 1-D (one error per pair, shape (B,)), got shape "
+                f"{caller}: {name} must be 1-D (one error per {unit}, shape (B,)), got shape "
                 f"{tuple(t.shape)}; reduce with per_sample_error first"
             )
     sizes = {name: t.shape[0] for name, t in errs.items()}
     if len(set(sizes.values())) != 1:
         raise ValueError(
-            "poly_dpo_loss: all four errors must have the same batch size, got "
+            f"{caller}: all four errors must have the same batch size, got "
             + ", ".join(f"{n}={sizes[n]}" for n in names)
         )
     batch = sizes[names[0]]
     if batch == 0:
-        raise ValueError("poly_dpo_loss: empty batch (batch size 0)")
+        raise ValueError(f"{caller}: empty batch (batch size 0)")
     return batch
 
 
@@ -119,7 +120,9 @@ def poly_dpo_loss(
         reference implementation), ``reward_margin`` (mean ``inside``), ``p_mean`` (mean ``p``),
         ``model_diff`` (mean ``err_w - err_l``), ``ref_diff`` (mean ``ref_err_w - ref_err_l``).
     """
-    _check_errors(model_err_w=model_err_w, model_err_l=model_err_l, ref_err_w=ref_err_w, ref_err_l=ref_err_l)
+    _check_errors(
+        "poly_dpo_loss", "pair", model_err_w=model_err_w, model_err_l=model_err_l, ref_err_w=ref_err_w, ref_err_l=ref_err_l
+    )
     beta = float(beta)
     alpha = float(alpha)
     if not (math.isfinite(beta) and beta > 0):
@@ -170,13 +173,5 @@ def sft_loss(model_err_w: Tensor) -> Tensor:
     loss it anchors the model to the winners' distribution, which DPO alone only constrains relative
     to the losers.
     """
-    if not isinstance(model_err_w, Tensor):
-        raise TypeError(f"sft_loss: model_err_w must be a torch.Tensor, got {type(model_err_w).__name__}")
-    if model_err_w.ndim != 1:
-        raise ValueError(
-            f"sft_loss: model_err_w must be 1-D (one error per sample, shape (B,)), got shape "
-            f"{tuple(model_err_w.shape)}; reduce with per_sample_error first"
-        )
-    if model_err_w.shape[0] == 0:
-        raise ValueError("sft_loss: empty batch (batch size 0)")
+    _check_errors("sft_loss", "sample", model_err_w=model_err_w)
     return model_err_w.to(_accum_dtype(model_err_w.dtype)).mean()
