@@ -114,7 +114,7 @@ def add_group_stats(raw: pa.Table, scorers: list[str]) -> pa.Table:
     groups = df.groupby("prompt_id", sort=False)
     for s in scorers:
         mean = groups[s].transform("mean")
-        std = groups[s].transform(lambda x: x.std(ddof=0))
+        std = groups[s].transform("std", ddof=0)  # vectorised; a Python lambda per group would crawl at 10M rows
         df[f"{s}_group_mean"] = mean
         df[f"{s}_group_std"] = std
         df[f"{s}_advantage"] = np.where(std > 0, (df[s] - mean) / std.where(std > 0, 1.0), 0.0)

@@ -40,10 +40,6 @@ CANDIDATES = pa.schema(
 )
 
 
-def score_columns(scorers: Sequence[str]) -> list[str]:
-    return list(scorers)
-
-
 def scores_schema(scorers: Sequence[str]) -> pa.Schema:
     """One float per scorer plus the prompt group's mean/std and the group-relative advantage."""
     fields = [
