@@ -1,0 +1,60 @@
+"""Export the consistent and the conflicting pairs in the input's own schema.
+
+Rows are copied from the input files (same columns, same types, same order), row group by row
+group, through one `pq.ParquetWriter` per subset, so an export of a 320 GB folder needs the memory
+of one row group. The files appear by atomic rename, like every table of the project.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.audit.read import AuditInputError, Source, row_tables
+from pipeline.store import _write_atomic
+
+
+def _schema_of(sources: list[Source]) -> pa.Schema:
+    """The one schema every input file shares (Pick-a-Pic files and shard sidecars of one folder do)."""
+    first = None
+    for src in sources:
+        schema = next(row_tables(src))[1].schema if src.kind == "pairs" else pq.ParquetFile(src.path).schema_arrow
+        if first is None:
+            first = schema
+        elif not schema.equals(first):
+            raise AuditInputError(f"{src.path}: columns/types differ from {sources[0].path}; cannot export one table")
+    return first
+
+
+def export_rows(sources: list[Source], rows: dict[int, np.ndarray], path: str | Path, schema: pa.Schema) -> int:
+    """Write input rows `rows[source index]` (row indices within that file) to `path`; returns the count."""
+    written = 0
+
+    def write(f) -> None:
+        nonlocal written
+        with pq.ParquetWriter(f, schema, compression="zstd") as writer:
+            for index, src in enumerate(sources):
+                wanted = np.sort(np.asarray(rows.get(index, []), dtype=np.int64))
+                if len(wanted) == 0:
+                    continue
+                for offset, table in row_tables(src, wanted.tolist()):
+                    lo, hi = np.searchsorted(wanted, [offset, offset + table.num_rows])
+                    if hi > lo:
+                        part = table.take(pa.array(wanted[lo:hi] - offset))
+                        writer.write_table(part.select(schema.names).cast(schema))
+                        written += int(hi - lo)
+
+    _write_atomic(path, write)
+    return written
+
+
+def export_subsets(sources: list[Source], consistent: dict[int, np.ndarray], conflicting: dict[int, np.ndarray],
+                   out: Path) -> dict[str, int]:
+    """Write `out/consistent.parquet` and `out/conflicting.parquet`; returns their row counts."""
+    schema = _schema_of(sources)
+    return {
+        "consistent": export_rows(sources, consistent, out / "consistent.parquet", schema),
+        "conflicting": export_rows(sources, conflicting, out / "conflicting.parquet", schema),
+    }

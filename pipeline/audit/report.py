@@ -1,0 +1,194 @@
+"""report.html: one self-contained page (plots as inline PNG, thumbnails as data URIs, no script).
+
+Everything that comes from the dataset (captions, model names, file names, error text) is untrusted
+and goes through `html.escape`; a Content-Security-Policy that allows no script backs that up, so a
+caption that slipped through could not run anyway.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import numpy as np
+
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+_STYLE = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
+th{background:#f4f4f4}td.l,th.l{text-align:left}.big{font-size:2rem;font-weight:600}
+.cards{display:flex;gap:1rem;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;padding:.8rem 1rem;min-width:12rem}
+.pair{border:1px solid #ddd;border-radius:6px;margin:1rem 0;padding:.8rem}.imgs{display:flex;gap:1rem}
+.imgs figure{margin:0}.pref{outline:4px solid #2a9d3a}.cap{font-style:italic;margin:.3rem 0}
+.agree{color:#2a9d3a}.dissent{color:#c0392b;font-weight:600}img.plot{max-width:100%}
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _figures(summary: dict[str, Any]) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: dict[str, str] = {}
+    models = summary["reward_models"]
+    agree = [summary["agreement_with_label"][m] or 0.0 for m in models]
+    fig, ax = plt.subplots(figsize=(6.5, 3))
+    ax.bar(models, [100 * a for a in agree], color="#4c72b0")
+    both = summary["all_agree_with_label"]["share"]
+    if both is not None:
+        ax.axhline(100 * both, color="#c0392b", ls="--", label=f"all {len(models)} agree with the label")
+        ax.legend(loc="lower right")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("% of scored pairs")
+    ax.set_title("Agreement with the human label")
+    out["agreement"] = _png(fig)
+
+    matrix = summary["pairwise_agreement"]["matrix"]
+    if matrix is not None:
+        m = np.asarray(matrix, dtype=float) * 100
+        fig, ax = plt.subplots(figsize=(5.2, 4.4))
+        im = ax.imshow(m, vmin=0, vmax=100, cmap="viridis")
+        ax.set_xticks(range(len(models)), models, rotation=35, ha="right")
+        ax.set_yticks(range(len(models)), models)
+        for i in range(len(models)):
+            for j in range(len(models)):
+                ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center", color="white" if m[i, j] < 60 else "black", fontsize=9)
+        fig.colorbar(im, ax=ax, label="% of pairs with the same vote")
+        ax.set_title("Pairwise agreement between reward models")
+        out["matrix"] = _png(fig)
+
+    kinds = list(summary["conflicts"]["kinds"].items())[:15]
+    if kinds:
+        fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(kinds) + 1))
+        ax.barh([k for k, _ in kinds][::-1], [c for _, c in kinds][::-1], color="#dd8452")
+        ax.set_xlabel("conflicting pairs")
+        ax.set_title("Which models vote against the label")
+        out["kinds"] = _png(fig)
+
+    sources = summary["by_source_model"]
+    if sources:
+        names = list(sources)
+        fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(names) + 1))
+        ax.barh(names[::-1], [100 * sources[n]["consistent_share"] for n in names][::-1], color="#55a868")
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("% consistent pairs")
+        ax.set_title("Consistent share by source model")
+        out["sources"] = _png(fig)
+    return out
+
+
+def thumbnail_uri(data: bytes, px: int, max_pixels: int) -> str | None:
+    """A JPEG data URI of at most `px` on the long side, or None when the bytes do not decode."""
+    from pipeline.media import decode_image
+
+    try:
+        img = decode_image(data, max_pixels=max_pixels)
+    except Exception:  # noqa: BLE001 - an example that does not decode is shown without its image
+        return None
+    img.thumbnail((px, px))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _table(head: list[str], rows: list[list[Any]], left: int = 1) -> str:
+    th = "".join(f'<th class="{"l" if i < left else ""}">{_esc(h)}</th>' for i, h in enumerate(head))
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{_esc(c)}</td>' for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
+    return f"<table><tr>{th}</tr>{body}</table>"
+
+
+def _example(ex: dict[str, Any], models: list[str]) -> str:
+    human = 0 if ex["label_0"] == 1.0 else 1
+    figs = []
+    for side in (0, 1):
+        uri = ex.get(f"thumb_{side}")
+        img = f'<img src="{uri}" alt="image {side}" class="{"pref" if side == human else ""}">' if uri else "<p>(no preview)</p>"
+        who = " — preferred by the human" if side == human else ""
+        figs.append(f"<figure>{img}<figcaption>image {side}: {_esc(ex.get(f'model_{side}'))}{_esc(who)}</figcaption></figure>")
+    rows = []
+    for m in models:
+        s0, s1 = ex[f"{m}_0"], ex[f"{m}_1"]
+        vote = 0 if s0 > s1 else 1 if s1 > s0 else None
+        ok = vote == human
+        rows.append(f'<tr><td class="l">{_esc(m)}</td><td>{s0:.4f}</td><td>{s1:.4f}</td>'
+                    f'<td class="{"agree" if ok else "dissent"}">{"image " + str(vote) if vote is not None else "tie"}</td></tr>')
+    scores = ("<table><tr><th class='l'>model</th><th>image 0</th><th>image 1</th><th>prefers</th></tr>"
+              + "".join(rows) + "</table>")
+    return (f'<div class="pair"><div><b>{_esc(ex["file"])}</b> row {int(ex["row"])} · {_esc(ex["kind"])}</div>'
+            f'<p class="cap">{_esc(ex.get("caption"))}</p><div class="imgs">{"".join(figs)}{scores}</div></div>')
+
+
+def render_report(summary: dict[str, Any], examples: list[dict[str, Any]]) -> str:
+    """The HTML text of report.html."""
+    models = summary["reward_models"]
+    figs = _figures(summary)
+    n = len(models)
+    cards = [
+        ("pairs read", f"{summary['pairs_read']:,}"),
+        ("pairs scored", f"{summary['pairs_scored']:,}"),
+        (f"all {n} agree with each other", _pct(summary["all_agree_with_each_other"]["share"])),
+        (f"all {n} agree with the label (consistent)", _pct(summary["all_agree_with_label"]["share"])),
+        ("majority agrees with the label", _pct(summary["majority_agrees_with_label"]["share"])),
+    ]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
+        f"<title>vipo audit: {_esc(summary.get('input'))}</title><style>{_STYLE}</style></head><body>",
+        (f"<h1>Preference-data audit</h1><p>input: <code>{_esc(summary.get('input'))}</code> · "
+         f"reward models: {_esc(', '.join(models))}</p>"),
+        '<div class="cards">' + "".join(f'<div class="card"><div class="big">{_esc(v)}</div>{_esc(k)}</div>' for k, v in cards) + "</div>",
+        "<h2>Rows</h2>",
+        _table(["", "pairs"], [["read", summary["pairs_read"]], ["scored", summary["pairs_scored"]],
+                               *[[f"skipped: {k}", v] for k, v in summary["skipped"].items()]]),
+        "<h2>Agreement with the human label</h2>",
+        f'<img class="plot" alt="agreement with the label" src="{figs["agreement"]}">',
+        _table(["reward model", "agrees with the label"], [[m, _pct(summary["agreement_with_label"][m])] for m in models]),
+    ]
+    if "matrix" in figs:
+        parts += ["<h2>Pairwise agreement between reward models</h2>",
+                  f'<img class="plot" alt="pairwise agreement heatmap" src="{figs["matrix"]}">']
+    kinds = summary["conflicts"]["kinds"]
+    parts += [f"<h2>Conflicts ({summary['conflicts']['pairs']:,} pairs)</h2>"]
+    if "kinds" in figs:
+        parts.append(f'<img class="plot" alt="conflict kinds" src="{figs["kinds"]}">')
+    parts.append(_table(["models voting against the label", "pairs"], [[k, v] for k, v in kinds.items()]))
+    sources = summary["by_source_model"]
+    if sources:
+        parts += ["<h2>By source model</h2>"]
+        if "sources" in figs:
+            parts.append(f'<img class="plot" alt="consistent share by source model" src="{figs["sources"]}">')
+        parts.append(_table(["source model", "pairs", "consistent", *models],
+                            [[s, v["pairs"], _pct(v["consistent_share"]), *[_pct(v["agreement_with_label"][m]) for m in models]]
+                             for s, v in sources.items()]))
+    exports = summary.get("exports", {})
+    if exports:
+        parts += ["<h2>Exports</h2>", _table(["file", "rows"], [[f"{k}.parquet", v] for k, v in exports.items()])]
+    if examples:
+        parts += [f"<h2>Example conflicting pairs ({len(examples)})</h2>",
+                  "<p>Green outline: the image the human preferred. Red: a model voting against the label.</p>"]
+        parts += [_example(ex, models) for ex in examples]
+    parts.append("</body></html>")
+    return "\n".join(parts)

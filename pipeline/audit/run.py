@@ -1,0 +1,131 @@
+"""The audit driver: plan units -> score them on Ray (resumable) -> analyse -> export -> report.
+
+    run_audit("pickapic_v2/", "audit-out/", load_audit_config(None))
+
+The score table lives in `DIR/scores/` as part files, one per finished unit, keyed by row id;
+a rerun (after a kill, or with a larger --limit) scores only the units not there yet.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline import models
+from pipeline.audit.analyse import classify, summarise
+from pipeline.audit.export import export_subsets
+from pipeline.audit.read import Source, discover, plan_units, read_rows
+from pipeline.audit.report import render_report, thumbnail_uri
+from pipeline.audit.stage import AuditScoreStage
+from pipeline.ray_runtime import init_ray
+from pipeline.report import NullReporter, Reporter, StageSummary
+from pipeline.stage import run_stage
+from pipeline.store import PartStore, write_bytes
+from schemas.audit import AuditConfig, audit_scores_schema
+
+
+@dataclass
+class AuditResult:
+    out_dir: Path
+    summary: dict
+    units_run: int = 0
+    summaries: list[StageSummary] = field(default_factory=list)
+
+    @property
+    def report(self) -> Path:
+        return self.out_dir / "report.html"
+
+
+def _done_units(store: PartStore) -> set[str]:
+    done: set[str] = set()
+    for p in store.parts():
+        done.update(pq.read_table(p, columns=["unit_id"]).column(0).to_pylist())
+    return done
+
+
+def _rows_by_source(frame) -> dict[int, np.ndarray]:
+    return {int(s): g["row"].to_numpy() for s, g in frame.groupby("source")}
+
+
+def _examples(sources: list[Source], classified, scorers: list[str], cfg: AuditConfig) -> list[dict]:
+    """The report's conflicting pairs: most dissenters first (all models against the label leads)."""
+    if cfg.examples == 0:
+        return []
+    picked = classified[~classified["consistent"]].sort_values(["dissenters", "row_id"], ascending=[False, True]).head(cfg.examples)
+    out = []
+    for index, group in picked.groupby("source", sort=True):
+        raw = read_rows(sources[index], int(index), [int(r) for r in group["row"]])
+        for rec in group.to_dict("records"):
+            r = raw.get(int(rec["row"]), {})
+            ex = {**rec, "file": Path(sources[index].path).name, "caption": r.get("caption")}
+            for side in (0, 1):
+                data = r.get(f"img_{side}")
+                ex[f"thumb_{side}"] = thumbnail_uri(data, cfg.thumbnail_px, cfg.max_pixels) if data else None
+            out.append(ex)
+    return sorted(out, key=lambda e: (-e["dissenters"], e["row_id"]))
+
+
+def run_audit(data: str | Path, out: str | Path, cfg: AuditConfig, limit: int | None = None,
+              reporter: Reporter | None = None) -> AuditResult:
+    """Audit `data` into `out`: summary.json, report.html, consistent.parquet, conflicting.parquet."""
+    reporter = reporter or NullReporter()
+    out = Path(out).resolve()
+    sources = discover(data)
+    units = plan_units(sources, cfg.unit_rows, limit)
+    scorers = cfg.scorer_names
+    schema = audit_scores_schema(scorers)
+    store = PartStore(out / "scores", schema, "row_id")
+    result = AuditResult(out, {})
+
+    t0 = time.perf_counter()
+    total = sum(u["stop"] - u["start"] for u in units)
+    reporter.start("score", total)
+    done = _done_units(store)
+    pending = [u for u in units if u["id"] not in done]
+    reporter.advance(total - sum(u["stop"] - u["start"] for u in pending))
+    if pending:
+        init_ray(cfg.ray)
+        cache = Path(cfg.cache_dir) if cfg.cache_dir else models.default_cache_dir()
+        stage = AuditScoreStage(
+            resources=cfg.resources,
+            models=[(r.name, models.reward_model_path(r.name, r.model, cache), r.dtype, dict(r.options)) for r in cfg.reward_models],
+            max_pixels=cfg.max_pixels,
+        )
+        for table in run_stage(stage, [[u] for u in pending]):
+            store.append(table)
+            reporter.advance(table.num_rows)
+    result.units_run = len(pending)
+
+    wanted = {u["id"] for u in units}
+    table = store.read()
+    df = table.to_pandas()
+    df = df[df["unit_id"].isin(wanted)].reset_index(drop=True)
+    summary = summarise(df, scorers)
+    score_summary = StageSummary("score", n_in=len(df), n_out=summary["pairs_scored"],
+                                 dropped={k: v for k, v in summary["skipped"].items() if v},
+                                 seconds=time.perf_counter() - t0, note=f"{len(pending)} of {len(units)} unit(s) run")
+    reporter.finish(score_summary)
+
+    t1 = time.perf_counter()
+    reporter.start("export", summary["pairs_scored"])
+    classified = classify(df, scorers)
+    exports = export_subsets(sources, _rows_by_source(classified[classified["consistent"]]),
+                             _rows_by_source(classified[~classified["consistent"]]), out)
+    reporter.advance(summary["pairs_scored"])
+    summary = {"input": str(data), "sources": [s.path for s in sources], "kind": sources[0].kind,
+               "limit": limit, **summary, "exports": exports,
+               "config": cfg.model_dump(mode="json", exclude={"ray", "cache_dir"})}
+    write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    html = render_report(summary, _examples(sources, classified, scorers, cfg))
+    write_bytes(out / "report.html", html.encode("utf-8"))
+    export_summary = StageSummary("export", n_in=summary["pairs_scored"], n_out=exports["consistent"],
+                                  seconds=time.perf_counter() - t1,
+                                  note=f"consistent {exports['consistent']}, conflicting {exports['conflicting']}")
+    reporter.finish(export_summary)
+    result.summary = summary
+    result.summaries = [score_summary, export_summary]
+    return result

@@ -1,0 +1,112 @@
+"""Audit contracts: the AuditConfig (YAML, strict, one-line errors) and the per-row score table.
+
+The score table is what the audit's actors write (part files keyed by `row_id`) and what the
+analysis reads: one row per input pair, scored or skipped with its reason, never image bytes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from schemas.config import (
+    ConfigError,
+    RayConfig,
+    ResourceConfig,
+    RewardModelConfig,
+    _format_error,
+    _Strict,
+)
+from schemas.tables import REWARD_MODEL_NAMES
+
+#: Row status of a scored pair; every other status is a skip reason.
+SCORED = "scored"
+#: Skip reasons, in the order the checks run on a row.
+SKIP_REASONS: tuple[str, ...] = ("missing_field", "bad_label", "tie_label", "image_too_large", "corrupt_image", "unsupported_media")
+
+
+class AuditConfig(_Strict):
+    """How an audit scores a dataset. The default is the offline demo: five tiny models on CPU."""
+
+    reward_models: list[RewardModelConfig] = Field(
+        default_factory=lambda: [RewardModelConfig(name=n) for n in REWARD_MODEL_NAMES],
+        min_length=2,
+        description="Reward models voting on every pair (same entries as a build config's scoring.reward_models).",
+    )
+    resources: ResourceConfig = Field(
+        default_factory=lambda: ResourceConfig(num_cpus=1, num_actors=2, batch_size=8),
+        description="Score actor pool; batch_size = pairs per model call (2 x batch_size images).",
+    )
+    unit_rows: int = Field(
+        256, ge=1,
+        description="Most rows per work unit (a slice of one parquet row group): the resume granularity.",
+    )
+    max_pixels: int = Field(
+        64_000_000, ge=1, description="Images whose header claims more pixels are skipped undecoded (image_too_large)."
+    )
+    examples: int = Field(12, ge=0, description="Conflicting pairs shown side by side in report.html.")
+    thumbnail_px: int = Field(192, ge=16, description="Longest side of the report's example thumbnails.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Where the score actors run.")
+    cache_dir: str | None = Field(None, description="Where tiny models are materialised; default ~/.cache/vipo.")
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuditConfig:
+        names = self.scorer_names
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward_models: duplicate names {names}")
+        return self
+
+    @property
+    def scorer_names(self) -> list[str]:
+        return [r.name for r in self.reward_models]
+
+
+def parse_audit_config(data: Any, source: str = "<audit config>") -> AuditConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: <root>: expected a mapping, got {type(data).__name__}")
+    try:
+        return AuditConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(source, err)) from None
+
+
+def load_audit_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> AuditConfig:
+    """Load and validate an audit YAML (None: the defaults); raises ConfigError with one line."""
+    data: Any = {}
+    source = "<default audit config>"
+    if path is not None:
+        path, source = Path(path), str(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: file not found") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark else "<root>"
+            raise ConfigError(f"{path}: {where}: invalid YAML ({getattr(err, 'problem', err)})") from None
+    if overrides:
+        data = {**(data or {}), **overrides}
+    return parse_audit_config(data, source)
+
+
+def audit_scores_schema(scorers: list[str]) -> pa.Schema:
+    """One row per input pair: where it comes from, why it was skipped, and both images' scores."""
+    fields = [
+        ("row_id", pa.string()),  # "<source key>:<row index>", row index within its source file
+        ("unit_id", pa.string()),
+        ("source", pa.int32()),  # index into the audit's list of input files
+        ("row", pa.int64()),  # row index within that file
+        ("status", pa.string()),  # SCORED or a SKIP_REASONS entry
+        ("detail", pa.string()),  # the error message of a skipped row
+        ("label_0", pa.float64()),
+        ("model_0", pa.string()),
+        ("model_1", pa.string()),
+    ]
+    for s in scorers:
+        fields += [(f"{s}_0", pa.float32()), (f"{s}_1", pa.float32())]
+    return pa.schema(fields)
