@@ -1,0 +1,120 @@
+"""Pairs from our WebDataset shards (DESIGN.md, "Shard format"), read without generic decoders.
+
+A shard is scanned through its tar headers only (`tarfile` seeks over member data), grouped into
+samples by webdataset's own key rule (`group_by_keys`, `base_plus_ext`), so skipping samples on
+resume or for another rank costs a header read each. Of a sample we read the `json` member to
+filter by modality and category, and the two media members only when the pair leaves the shuffle
+buffer. webdataset's `.decode()` is not used: it would unpickle `.pyd` / `.pickle` members of an
+untrusted shard. Images are size-checked from their header before decoding
+(`pipeline.media.decode_image`), videos from their container header (`probe_video`).
+"""
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from webdataset.tariterators import base_plus_ext, group_by_keys
+
+from pipeline.media import decode_image, probe_video, read_video_frames
+from schemas.categories import CATEGORIES
+from schemas.shard import IMAGE_EXTENSIONS, VIDEO_EXTENSION
+from schemas.train_data import TrainDataConfig
+from trainer.data_stream import Record, Skipped
+
+MAX_JSON_BYTES = 1 << 20  # a sample's json is a few KB; more is not ours
+
+
+class ShardSource:
+    """Local `.tar` shards, opened per scan (seekable reads: a remote shard must be fetched first)."""
+
+    def __init__(self, files: list[str], cfg: TrainDataConfig):
+        self.files, self.cfg = files, cfg
+        self.exts = (VIDEO_EXTENSION,) if cfg.modality == "video" else IMAGE_EXTENSIONS
+
+    def _members(self, path: str, tf: tarfile.TarFile, bad: list[str]) -> Iterator[dict]:
+        last = "the start"
+        try:
+            for info in iter(tf.next, None):
+                if info.isfile():
+                    yield {"fname": info.name, "data": (info.offset_data, info.size), "__url__": path}
+                last = info.name
+        except (tarfile.TarError, OSError) as err:
+            bad.append(f"{path}: unreadable after {last}: {err}")
+
+    def scan(self, file: int, start: int, keep: Callable[[int], bool]) -> Iterator[tuple[int, Record | Skipped | None]]:
+        path = self.files[file]
+        bad: list[str] = []
+        try:
+            with open(path, "rb") as headers, open(path, "rb") as data, tarfile.open(fileobj=headers, mode="r:") as tf:
+                for index, sample in enumerate(group_by_keys(self._members(path, tf, bad), keys=base_plus_ext)):
+                    if index < start:
+                        continue
+                    yield index, (self._record(file, index, sample, data) if keep(index) else None)
+        except (tarfile.TarError, ValueError, OSError) as err:  # not a tar, or a duplicate member name
+            bad.append(f"{path}: unreadable: {err}")
+        if bad:
+            yield -1, Skipped("bad_files", bad[0] + " (rest of the shard skipped)")
+
+    def _record(self, file: int, index: int, sample: dict, data) -> Record | Skipped:
+        path, key = self.files[file], sample["__key__"]
+
+        def bad(msg: str) -> Skipped:
+            return Skipped("malformed", f"{path}: {key}: skipped, {msg}")
+
+        if "json" not in sample:
+            return bad("no json member")
+        offset, size = sample["json"]
+        if size > MAX_JSON_BYTES:
+            return bad(f"json member of {size} bytes (limit {MAX_JSON_BYTES})")
+        data.seek(offset)
+        try:
+            meta = json.loads(data.read(size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            return bad(f"json member does not parse: {err}")
+        if not isinstance(meta, dict):
+            return bad("json member is not an object")
+        if meta.get("modality") != self.cfg.modality:
+            if meta.get("modality") in ("image", "video"):
+                return Skipped("other_modality")
+            return bad(f"json modality is {meta.get('modality')!r}")
+        category, prompt = meta.get("category"), meta.get("prompt")
+        if category not in CATEGORIES or not isinstance(prompt, str):
+            return bad(f"json has category {category!r} and prompt of type {type(prompt).__name__}")
+        media = []
+        for side in ("win", "lose"):
+            found = [e for e in self.exts if f"{side}.{e}" in sample]
+            if not found:
+                return bad(f"no {side}.{'/'.join(self.exts)} member (has {sorted(k for k in sample if not k.startswith('__'))})")
+            media.append([found[0], *sample[f"{side}.{found[0]}"]])
+        pair_id = meta.get("pair_id", key)
+        return Record(file, index, str(pair_id), category, prompt, media)
+
+    def fetch(self, records: list[Record]) -> None:
+        """Nothing to do: media are read by offset when a pair leaves the buffer."""
+
+    def load_pair(self, record: Record) -> tuple[np.ndarray, np.ndarray]:
+        out = []
+        with open(self.files[record.file], "rb") as f:
+            for side, (ext, offset, size) in zip(("winner", "loser"), record.media):
+                f.seek(offset)
+                blob = f.read(size)
+                if len(blob) != size:
+                    raise ValueError(f"{side} member is truncated ({len(blob)} of {size} bytes)")
+                try:
+                    out.append(self._decode(blob, ext))
+                except ValueError as err:
+                    raise ValueError(f"{side} {ext}: {err}") from None
+                except Exception as err:  # noqa: BLE001 - PIL / PyAV raise many types for corrupt data
+                    raise ValueError(f"{side} {ext} does not decode: {type(err).__name__}: {err}") from None
+        return out[0], out[1]
+
+    def _decode(self, blob: bytes, ext: str) -> np.ndarray:
+        if ext != VIDEO_EXTENSION:
+            return np.asarray(decode_image(blob, self.cfg.max_pixels))
+        info = probe_video(blob)
+        pixels = (info["width"] or 0) * (info["height"] or 0)
+        if not 0 < pixels <= self.cfg.max_pixels:
+            raise ValueError(f"video refused before decoding: header says {info['width']}x{info['height']}, max_pixels {self.cfg.max_pixels}")
+        return read_video_frames(blob, self.cfg.num_frames)
