@@ -118,5 +118,49 @@ def inspect(path: Path = typer.Argument(..., help="A build folder or its shards/
             out.print(t)
 
 
+@app.command()
+def audit(
+    data: Path = typer.Argument(..., help="Pick-a-Pic parquet file or folder, a folder of vipo shards, or a jsonl/csv of pairs."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: summary.json, report.html, consistent/conflicting.parquet."),
+    config: Path = typer.Option(
+        Path(__file__).resolve().parent / "configs" / "audit-demo.yaml", "--config", "-c",
+        help="Audit config (YAML). Default: five tiny reward models on CPU.",
+    ),
+    limit: Optional[int] = typer.Option(None, min=1, help="Audit only the first N rows of the input."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Pairs per model call; overrides resources.batch_size."),
+    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="Join this Ray cluster."),
+) -> None:
+    """Measure how noisy a preference dataset is: reward-model agreement, conflicts, clean/conflicting exports."""
+    from pipeline.audit.read import AuditInputError
+    from pipeline.audit.run import run_audit
+    from pipeline.ray_runtime import ResourceError
+    from schemas.audit import load_audit_config
+    from schemas.config import ConfigError
+
+    try:
+        cfg = load_audit_config(config)
+        if batch_size is not None:
+            cfg = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"batch_size": batch_size})})
+        if ray_address:
+            cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": ray_address})})
+    except ConfigError as err:
+        _fail(str(err))
+    columns = (TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        try:
+            result = run_audit(data, out, cfg, limit=limit, reporter=RichReporter(progress))
+        except (AuditInputError, ResourceError) as err:
+            _fail(str(err))
+    s = result.summary
+    n = len(s["reward_models"])
+    pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"
+    console.print(f"\n[bold green]done[/] {s['pairs_scored']} of {s['pairs_read']} pairs scored; "
+                  f"all {n} agree with each other on {pct(s['all_agree_with_each_other']['share'])}, "
+                  f"with the label on {pct(s['all_agree_with_label']['share'])}", highlight=False)
+    console.print(f"  report:  {result.report}\n  summary: {result.out_dir / 'summary.json'}\n"
+                  f"  exports: consistent.parquet ({s['exports']['consistent']} rows), "
+                  f"conflicting.parquet ({s['exports']['conflicting']} rows)", highlight=False)
+
+
 if __name__ == "__main__":
     sys.exit(app())
