@@ -7,6 +7,7 @@ rerun alone, and a build killed at any moment resumes by identity to the same sh
 """
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,12 +19,12 @@ import yaml
 from pipeline import models
 from pipeline.card import write_card
 from pipeline.generate import GenerateStage, plan_candidates
-from pipeline.pair import form_pairs
+from pipeline.pair import PairRules, form_pairs_for_group, form_pairs_ray
 from pipeline.prompts import capacity, library_prompts, load_prompt_files
 from pipeline.ray_runtime import init_ray
 from pipeline.report import NullReporter, Reporter, StageSummary
 from pipeline.score import ScoreStage, add_group_stats, merge_raw_scores, score_names, video_metrics_pool
-from pipeline.select import select_pairs
+from pipeline.select import SELECTION_REPORT, select_pairs
 from pipeline.stage import ActorStage, make_units, run_stage
 from pipeline.store import PartStore, concat, dedupe_sorted, read_table, write_bytes, write_table
 from pipeline.write import write_shards
@@ -249,13 +250,26 @@ class Build:
         return StageSummary("score", n_in=len(tasks), n_out=raw.num_rows)
 
     def _pair(self, result: BuildResult) -> StageSummary:
+        pcfg = self.cfg.pairing
         scores = read_table(_need(self.paths.scores, "pair", "score"), scores_schema(self.score_cols))
+        if pcfg.near_duplicate_bits is not None:  # the pHash was computed at generate time, once per candidate
+            hashes = PartStore(self.paths.candidates, CANDIDATES, "candidate_id").read().select(["candidate_id", "phash"])
+            scores = scores.join(hashes, "candidate_id", join_type="left outer")
         self.reporter.start("pair", scores.num_rows)
-        pairs = form_pairs(scores, self.scorers, self.cfg.quorum, self.cfg.pairing.min_margin)
+        rules = PairRules(self.cfg.quorum, pcfg.min_margin, pcfg.max_margin, pcfg.near_duplicate_bits)
+        use_ray = pcfg.engine == "ray" or (pcfg.engine == "auto" and scores.num_rows >= pcfg.ray_min_rows)
+        if use_ray:
+            init_ray(self.cfg.ray)
+            pairs = form_pairs_ray(scores, self.scorers, rules)
+        else:
+            pairs = form_pairs_for_group(scores, self.scorers, rules)
         write_table(pairs, self.paths.pairs)
         self.reporter.advance(scores.num_rows)
         reasons = Counter(r for r in pairs["drop_reason"].to_pylist() if r)
-        return StageSummary("pair", n_in=pairs.num_rows, n_out=pairs.num_rows - sum(reasons.values()), dropped=dict(reasons))
+        return StageSummary(
+            "pair", n_in=pairs.num_rows, n_out=pairs.num_rows - sum(reasons.values()), dropped=dict(reasons),
+            note="(Ray Data groupby)" if use_ray else "",
+        )
 
     def _judge(self, result: BuildResult) -> StageSummary:
         jcfg = self.cfg.judge
@@ -297,24 +311,31 @@ class Build:
 
             _need(self.paths.judge_keeps, "select", "judge")
             judged = (PartStore(self.paths.judgements, JUDGEMENTS, "pair_id").read(), read_table(self.paths.judge_keeps, JUDGE_KEEPS))
-        sel = select_pairs(pairs, prompts, self.cfg, judged)
+        cands = PartStore(self.paths.candidates, CANDIDATES, "candidate_id").read().select(["candidate_id", "generator"])
+        sel = select_pairs(pairs, prompts, self.cfg, judged, candidates=cands)
         write_table(sel.selected, self.paths.selected)
         write_table(sel.dropped, self.paths.dropped)
+        write_bytes(self.out / SELECTION_REPORT, (json.dumps(sel.report, indent=2, sort_keys=True) + "\n").encode())
         self.reporter.advance(kept)
-        note = "; ".join(f"{c}: {got}/{q}" for c, (q, got) in sorted(sel.shortfall.items()))
+        note = "; ".join(
+            f"{c}: {got}/{q}" + (f" ({', '.join(f'{r} {n}' for r, n in sel.report[c]['short_because'].items())})"
+                                 if sel.report[c]["short_because"] else "")
+            for c, (q, got) in sorted(sel.shortfall.items())
+        )
         return StageSummary(
             "select", n_in=kept, n_out=sel.selected.num_rows,
             dropped=dict(Counter(sel.dropped["reason"].to_pylist())),
-            note=f"short of quota: {note}" if note else "",
+            note=f"short of quota: {note}; see {SELECTION_REPORT}" if note else "",
         )
 
     def _write(self, result: BuildResult) -> StageSummary:
         selected = read_table(_need(self.paths.selected, "write", "select"), selected_schema(self.scorers))
         self.reporter.start("write", selected.num_rows)
+        scores = read_table(self.paths.scores, scores_schema(self.score_cols))
         result.manifests = write_shards(
             selected,
             PartStore(self.paths.candidates, CANDIDATES, "candidate_id").read(),
-            read_table(self.paths.scores, scores_schema(self.score_cols)),
+            scores,
             out_dir=str(self.out),
             media_root=self.media_root,
             scorers=self.scorers,
@@ -323,7 +344,12 @@ class Build:
             samples_per_shard=self.cfg.shards.samples_per_shard,
             name=self.cfg.name,
         )
-        write_card(self.out, self.cfg, result.manifests, selected)
+        import pyarrow.parquet as pq  # the card needs only these columns of every formed pair
+
+        pairs = pq.read_table(self.paths.pairs, columns=["pair_id", "modality", *(f"margin_{s}" for s in self.scorers)])
+        judged = self.cfg.judge is not None and self.paths.judgements.exists()
+        judgements = PartStore(self.paths.judgements, JUDGEMENTS, "pair_id").read().select(["pair_id", "p_winner"]) if judged else None
+        write_card(self.out, self.cfg, result.manifests, selected, scores=scores, pairs=pairs, judgements=judgements)
         self.reporter.advance(selected.num_rows)
         n_shards = sum(len(m["shards"]) for m in result.manifests.values())
         return StageSummary("write", n_in=selected.num_rows, n_out=selected.num_rows, note=f"{n_shards} shards")

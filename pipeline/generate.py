@@ -13,7 +13,6 @@ from schemas.ids import candidate_id, canonical_json, derive_seed
 from schemas.shard import media_extension
 from schemas.tables import CANDIDATES
 
-
 BELOW_MIN_RESOLUTION = "below_min_resolution"
 
 
@@ -78,7 +77,7 @@ class GenerateStage(ActorStage):
     def process(self, tasks: list[dict[str, Any]]) -> pa.Table:
         try:
             outputs: list = self._render(tasks)
-        except Exception:  # retry one by one: a bad item or memory pressure should not sink the unit
+        except Exception:  # noqa: BLE001 - retry one by one: a bad item or memory pressure should not sink the unit
             outputs = []
             for t in tasks:
                 try:
@@ -89,6 +88,7 @@ class GenerateStage(ActorStage):
 
     def _row(self, task: dict, out: Any) -> dict:
         from pipeline.media import MediaStore, encode_image, encode_video, sha256_hex
+        from pipeline.phash import phash_hex
 
         row = {k: task[k] for k in ("prompt_id", "category", "modality", "generator", "seed", "params")}
         row["candidate_id"] = task["id"]
@@ -110,6 +110,7 @@ class GenerateStage(ActorStage):
             **row,
             "media_path": rel,
             "sha256": sha256_hex(data),
+            "phash": phash_hex(out),  # from the pixels in hand: pairing never decodes media to find near-duplicates
             "width": width,
             "height": height,
             "num_frames": frames,

@@ -1,64 +1,247 @@
 """The pair stage: every pair within a prompt group, oriented by the reward models' majority, kept only
-when at least `quorum` of them prefer the same winner (the cross-model consistency rule)."""
+when at least `quorum` of them prefer the same winner (the cross-model consistency rule), the pair is
+not trivially easy, and winner and loser are not near-duplicates.
+
+Columnar all the way: a prompt group of k candidates gives k(k-1)/2 index pairs made with numpy, the
+rules run on score matrices in chunks (bounded memory), ids are taken with Arrow kernels. The same
+function runs per prompt group under Ray Data (`form_pairs_ray`) for tables past one machine's memory.
+"""
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
+import hashlib
+from dataclasses import dataclass
 
-from schemas.ids import pair_id
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline.phash import PHASH_FRAMES, hamming, hex_words
+from schemas.ids import _SEP, ID_HEX, pair_id
 from schemas.tables import pairs_schema
 
-# Drop reasons, stored in the pairs table so a build can be explained.
+# Drop reasons, stored in the pairs table so a build can be explained (first that applies wins).
+MISSING_SCORE = "missing_score"  # a scorer has no score for one of the two
 TIE = "tie"  # no scorer separates the two beyond min_margin
 NO_MAJORITY = "no_majority"  # as many scorers prefer one as the other
 BELOW_QUORUM = "below_quorum"  # a majority, but fewer than `quorum` scorers agree
-MISSING_SCORE = "missing_score"
+NEAR_DUPLICATE = "near_duplicate"  # winner and loser pHashes within near_duplicate_bits
+TOO_EASY = "too_easy"  # every agreeing scorer's normalised margin exceeds max_margin
+REASONS: tuple[str, ...] = (MISSING_SCORE, TIE, NO_MAJORITY, BELOW_QUORUM, NEAR_DUPLICATE, TOO_EASY)
+
+CHUNK_PAIRS = 2_000_000  # pairs evaluated at once: bounds the float matrices to ~100 MB each
 
 
-def form_pairs(scores: pa.Table, scorers: list[str], quorum: int, min_margin: float) -> pa.Table:
-    """All within-group pairs with margins, agreement and drop reason (vectorised over the groups)."""
+@dataclass(frozen=True)
+class PairRules:
+    """The pairing rules of `schemas.config.PairingConfig`, resolved (quorum as a number)."""
+
+    quorum: int
+    min_margin: float = 0.0
+    max_margin: float | None = None
+    near_duplicate_bits: int | None = None
+
+
+class _Strings:
+    """A string column to gather rows from: fixed-width ids as a byte matrix (numpy fancy indexing),
+    anything else through Arrow's take."""
+
+    def __init__(self, col: pa.ChunkedArray | pa.Array):
+        arr = (col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col).cast(pa.large_string())
+        lengths = pc.utf8_length(arr)
+        lo, hi = pc.min_max(lengths).values() if len(arr) else (pa.scalar(0), pa.scalar(0))
+        self.arr, self.matrix = arr, None
+        if arr.null_count == 0 and len(arr) and lo.as_py() == hi.as_py() and lo.as_py() > 0:
+            offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset : arr.offset + len(arr) + 1]
+            data = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0] : offsets[-1]]
+            self.matrix = data.reshape(len(arr), lo.as_py())
+
+    def bytes_at(self, idx: np.ndarray) -> np.ndarray | None:
+        return None if self.matrix is None else self.matrix[idx]
+
+    def take(self, idx: np.ndarray) -> pa.Array:
+        if self.matrix is None:
+            return self.arr.take(pa.array(idx)).cast(pa.string())
+        return _fixed_strings(self.matrix[idx])
+
+
+def _fixed_strings(rows: np.ndarray) -> pa.Array:
+    n, width = rows.shape
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int64)
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(rows))]
+    return pa.Array.from_buffers(pa.large_string(), n, buffers).cast(pa.string())
+
+
+def pair_ids(winner: np.ndarray, loser: np.ndarray) -> pa.Array:
+    """`schemas.ids.pair_id` for whole columns, from (n, width) byte matrices of the ids.
+
+    One sha256 per pair is unavoidable (the id is a contract); the messages are cut from one buffer.
+    """
+    n = len(winner)
+    sep = np.frombuffer(_SEP.encode(), np.uint8)
+    msg = np.concatenate([winner, np.broadcast_to(sep, (n, len(sep))), loser], axis=1)
+    width, buf, sha = msg.shape[1], msg.tobytes(), hashlib.sha256
+    digest = b"".join([sha(buf[i : i + width]).digest()[: ID_HEX // 2] for i in range(0, len(buf), width)])
+    b = np.frombuffer(digest, np.uint8)
+    hexed = np.empty(b.size * 2, np.uint8)
+    hexed[0::2], hexed[1::2] = _HEX_DIGITS[b >> 4], _HEX_DIGITS[b & 15]
+    return _fixed_strings(hexed.reshape(n, ID_HEX))
+
+
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
+
+
+def _index_pairs(group_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row index pairs (a < b) within each run of equal codes (rows sorted by group)."""
+    n = len(group_codes)
+    if n < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, group_codes[1:] != group_codes[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    ia, ib = [], []
+    for k in np.unique(sizes[sizes >= 2]):  # one vectorised block per distinct group size
+        s = starts[sizes == k][:, None]
+        ti, tj = np.triu_indices(k, 1)
+        ia.append((s + ti).ravel())
+        ib.append((s + tj).ravel())
+    if not ia:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    a, b = np.concatenate(ia), np.concatenate(ib)
+    order = np.argsort(a, kind="stable")  # group order, then (i, j) within the group
+    return a[order], b[order]
+
+
+def _group_order(t: pa.Table) -> np.ndarray:
+    """Row order by (prompt_id, candidate_id): integer sorts when the ids are hex (always, in a build)."""
+    pk, pv = hex_words(t["prompt_id"], 1)
+    ck, cv = hex_words(t["candidate_id"], 1)
+    if pv.all() and cv.all():
+        return np.lexsort((ck[:, 0], pk[:, 0]))
+    return pc.sort_indices(t, [("prompt_id", "ascending"), ("candidate_id", "ascending")]).to_numpy()
+
+
+def form_pairs(
+    scores: pa.Table,
+    scorers: list[str],
+    quorum: int,
+    min_margin: float = 0.0,
+    *,
+    max_margin: float | None = None,
+    near_duplicate_bits: int | None = None,
+) -> pa.Table:
+    """All within-group pairs with margins, agreement and drop reason, in (prompt_id, candidate order).
+
+    `scores`: the scores table (a `phash` column joined from candidates enables the near-duplicate rule).
+    Margins are raw score differences (winner - loser); the rules use them over the group's std.
+    pair_id is computed for the kept pairs only: nothing downstream references a dropped pair by id, its
+    identity is (winner_id, loser_id), and hashing every pair would cost most of the stage at scale.
+    """
+    rules = PairRules(quorum, min_margin, max_margin, near_duplicate_bits)
     schema = pairs_schema(scorers)
-    cols = ["candidate_id", "prompt_id", "category", "modality"] + scorers + [f"{s}_group_std" for s in scorers]
-    df = scores.select(cols).to_pandas()
-    m = df.merge(df, on=["prompt_id", "category", "modality"], suffixes=("_a", "_b"))
-    m = m[m["candidate_id_a"] < m["candidate_id_b"]].reset_index(drop=True)
-    if m.empty:
+    if scores.num_rows < 2:
         return schema.empty_table()
-    a = m[[f"{s}_a" for s in scorers]].to_numpy(np.float64)
-    b = m[[f"{s}_b" for s in scorers]].to_numpy(np.float64)
-    std = m[[f"{s}_group_std_a" for s in scorers]].to_numpy(np.float64)
-    diff = a - b
+    t = scores.take(pa.array(_group_order(scores)))
+    codes = pc.dictionary_encode(t["prompt_id"]).combine_chunks().indices.to_numpy()
+    ia, ib = _index_pairs(codes)
+    if len(ia) == 0:
+        return schema.empty_table()
+    x = np.column_stack([t[s].to_numpy().astype(np.float64) for s in scorers])
+    std = np.column_stack([t[f"{s}_group_std"].to_numpy().astype(np.float64) for s in scorers])
+    hashes = None
+    if near_duplicate_bits is not None and "phash" in t.column_names:
+        hashes = {k: hex_words(t["phash"], k) for k in (1, PHASH_FRAMES)}
+    strings = {c: _Strings(t[c]) for c in ("candidate_id", "prompt_id", "category", "modality")}
+    batches = [
+        _chunk(strings, x, std, hashes, ia[i : i + CHUNK_PAIRS], ib[i : i + CHUNK_PAIRS], scorers, rules, schema)
+        for i in range(0, len(ia), CHUNK_PAIRS)
+    ]
+    return pa.Table.from_batches(batches, schema)
+
+
+def _chunk(strings, x, std, hashes, ia, ib, scorers, rules: PairRules, schema) -> pa.RecordBatch:
+    diff = x[ia] - x[ib]
+    sd = std[ia]
     with np.errstate(invalid="ignore", divide="ignore"):
-        norm = np.where(std > 0, diff / std, 0.0)
-    votes_a = (norm > min_margin).sum(axis=1)
-    votes_b = (norm < -min_margin).sum(axis=1)
+        norm = np.where(sd > 0, diff / sd, 0.0)
+    votes_a = (norm > rules.min_margin).sum(axis=1)
+    votes_b = (norm < -rules.min_margin).sum(axis=1)
     a_wins = votes_a >= votes_b
     agree = np.where(a_wins, votes_a, votes_b)
-    missing = np.isnan(diff).any(axis=1)
-    reason = np.select(
-        [missing, (votes_a == 0) & (votes_b == 0), votes_a == votes_b, agree < quorum],
-        [MISSING_SCORE, TIE, NO_MAJORITY, BELOW_QUORUM],
-        default="",
-    )
-    winner = np.where(a_wins, m["candidate_id_a"], m["candidate_id_b"])
-    loser = np.where(a_wins, m["candidate_id_b"], m["candidate_id_a"])
     sign = np.where(a_wins, 1.0, -1.0)[:, None]
-    out = pd.DataFrame(
-        {
-            "pair_id": [pair_id(w, l) for w, l in zip(winner, loser)],
-            "prompt_id": m["prompt_id"],
-            "category": m["category"],
-            "modality": m["modality"],
-            "winner_id": winner,
-            "loser_id": loser,
-        }
-    )
+    conds = [np.isnan(diff).any(axis=1), (votes_a == 0) & (votes_b == 0), votes_a == votes_b, agree < rules.quorum]
+    if hashes is not None:
+        dist = np.full(len(ia), np.nan)
+        for words, valid in hashes.values():
+            ok = valid[ia] & valid[ib]
+            dist[ok] = hamming(words[ia[ok]], words[ib[ok]])
+        conds.append(dist <= rules.near_duplicate_bits)  # NaN (unknown hash) never counts as a duplicate
+    else:
+        conds.append(np.zeros(len(ia), bool))
+    if rules.max_margin is not None:
+        signed = norm * sign
+        weakest = np.where(signed > rules.min_margin, signed, np.inf).min(axis=1)  # over the agreeing scorers
+        conds.append(weakest > rules.max_margin)
+    else:
+        conds.append(np.zeros(len(ia), bool))
+    code = np.select(conds, np.arange(len(REASONS)), default=-1)
+    kept = code < 0
+    w_idx, l_idx = np.where(a_wins, ia, ib), np.where(a_wins, ib, ia)
+    cand = strings["candidate_id"]
+    keep_rows = np.flatnonzero(kept)
+    win_b, lose_b = cand.bytes_at(w_idx[keep_rows]), cand.bytes_at(l_idx[keep_rows])
+    if win_b is None:  # ids of varying width (hand-made tables): encode them one by one
+        w, lo = cand.take(w_idx[keep_rows]).to_pylist(), cand.take(l_idx[keep_rows]).to_pylist()
+        kept_ids = pa.array([pair_id(a, b) for a, b in zip(w, lo)], pa.string())
+    else:
+        kept_ids = pair_ids(win_b, lose_b)
+    ids = pa.nulls(len(ia), pa.string())
+    if len(keep_rows):
+        slot = np.cumsum(kept) - 1
+        ids = pc.if_else(pa.array(kept), kept_ids.take(pa.array(np.where(kept, slot, 0))), ids)
+    reason = pa.array(list(REASONS), pa.string()).take(pa.array(np.where(kept, 0, code), mask=kept))
+    cols = {
+        "pair_id": ids,
+        "prompt_id": strings["prompt_id"].take(ia),
+        "category": strings["category"].take(ia),
+        "modality": strings["modality"].take(ia),
+        "winner_id": cand.take(w_idx),
+        "loser_id": cand.take(l_idx),
+    }
+    margins = (diff * sign).astype(np.float32)
     for i, s in enumerate(scorers):
-        out[f"margin_{s}"] = (diff * sign)[:, i].astype(np.float32)
-    out["agree"] = agree.astype(np.int32)
-    out["n_scorers"] = np.int32(len(scorers))
-    out["kept"] = reason == ""
-    out["drop_reason"] = pd.Series(reason).replace("", None)
-    out = out.sort_values("pair_id", kind="stable")
-    return pa.Table.from_pandas(out, schema=schema, preserve_index=False)
+        cols[f"margin_{s}"] = pa.array(margins[:, i])
+    cols["agree"] = pa.array(agree.astype(np.int32))
+    cols["n_scorers"] = pa.array(np.full(len(ia), len(scorers), np.int32))
+    cols["kept"] = pa.array(kept)
+    cols["drop_reason"] = reason
+    return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
+
+
+def form_pairs_for_group(batch: pa.Table, scorers: list[str], rules: PairRules) -> pa.Table:
+    """Ray Data `map_groups` body: the pairs of the prompt group(s) in one batch."""
+    return form_pairs(
+        batch, scorers, rules.quorum, rules.min_margin, max_margin=rules.max_margin, near_duplicate_bits=rules.near_duplicate_bits
+    )
+
+
+def form_pairs_ray(scores, scorers: list[str], rules: PairRules) -> pa.Table:
+    """The same pairs as `form_pairs`, computed as a Ray Data groupby over prompt groups.
+
+    `scores`: a `ray.data.Dataset` (e.g. `ray.data.read_parquet(...)`) or an Arrow table. The groups are
+    paired on the cluster's workers; the result is gathered in prompt_id order like `form_pairs`.
+    """
+    import ray.data
+
+    ds = scores if isinstance(scores, ray.data.Dataset) else ray.data.from_arrow(scores)
+    out = ds.groupby("prompt_id").map_groups(
+        form_pairs_for_group, fn_args=(scorers, rules), batch_format="pyarrow"
+    )
+    schema = pairs_schema(scorers)
+    tables = [pa.Table.from_batches([], schema) if b.num_rows == 0 else b.cast(schema) for b in _arrow_blocks(out)]
+    table = pa.concat_tables([schema.empty_table(), *tables])
+    return table.take(pc.sort_indices(table, [("prompt_id", "ascending")]))  # stable: group order is kept
+
+
+def _arrow_blocks(ds) -> list[pa.Table]:
+    import ray
+
+    return [ray.get(ref) for ref in ds.to_arrow_refs()]

@@ -66,7 +66,7 @@ class RewardModelConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _known(self) -> "RewardModelConfig":
+    def _known(self) -> RewardModelConfig:
         if self.name not in REWARD_MODEL_NAMES:
             raise ValueError(f"unknown reward model {self.name!r}; expected one of {list(REWARD_MODEL_NAMES)}")
         return self
@@ -87,7 +87,7 @@ class ScoringConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _groups_cover_models(self) -> "ScoringConfig":
+    def _groups_cover_models(self) -> ScoringConfig:
         if self.groups:
             named = [m for g in self.groups for m in g.models]
             configured = [r.name for r in self.reward_models]
@@ -109,6 +109,35 @@ class PairingConfig(_Strict):
         0.0, ge=0, description="Minimum |score difference| / group std per scorer for it to count as a vote (ties)."
     )
     max_pairs_per_prompt: int = Field(4, ge=1, description="Most pairs selected from one prompt group.")
+    max_margin: float | None = Field(
+        None,
+        gt=0,
+        description="Too-easy guard: drop a pair when every agreeing scorer's normalised margin exceeds this "
+        "(reason too_easy); None keeps them.",
+    )
+    near_duplicate_bits: int | None = Field(
+        4,
+        ge=0,
+        le=64,
+        description="Drop a pair whose winner and loser 64-bit pHashes differ in at most this many bits "
+        "(mean over the hashed frames for video; reason near_duplicate); None keeps them.",
+    )
+    engine: Literal["auto", "local", "ray"] = Field(
+        "auto",
+        description="Pair formation on this machine (vectorised pyarrow/numpy) or as a Ray Data groupby; "
+        "auto picks ray from ray_min_rows scored candidates on.",
+    )
+    ray_min_rows: int = Field(20_000_000, ge=1, description="Scored candidates from which engine auto uses Ray Data.")
+
+
+class SelectionConfig(_Strict):
+    max_winner_generator_share: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Most of a category's selected pairs one generator may win; a hard cap (short quota is "
+        "reported, never filled past it). None: no cap.",
+    )
 
 
 class JudgeConfig(_Strict):
@@ -164,6 +193,7 @@ class BuildConfig(_Strict):
     generators: list[GeneratorConfig] = Field(min_length=1, description="Candidate generators.")
     scoring: ScoringConfig = Field(description="Reward models and their actors.")
     pairing: PairingConfig = Field(default_factory=PairingConfig, description="Pair formation and consistency rule.")
+    selection: SelectionConfig = Field(default_factory=SelectionConfig, description="Balancing of the selected pairs.")
     judge: JudgeConfig | None = Field(None, description="VLM rater; None skips the judge stage.")
     prompt_files: list[str] = Field(
         default_factory=list, description="User prompt files (txt, jsonl, csv, parquet) added to the library prompts."
@@ -174,7 +204,7 @@ class BuildConfig(_Strict):
     cache_dir: str | None = Field(None, description="Where tiny models are materialised; default ~/.cache/vipo.")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "BuildConfig":
+    def _consistent(self) -> BuildConfig:
         for cat in self.categories:
             if cat not in CATEGORIES:
                 raise ValueError(f"categories: unknown category {cat!r}; expected one of {list(CATEGORIES)}")
@@ -184,6 +214,9 @@ class BuildConfig(_Strict):
         scorers = [r.name for r in self.scoring.reward_models]
         if len(set(scorers)) != len(scorers):
             raise ValueError(f"scoring.reward_models: duplicate names {scorers}")
+        p = self.pairing
+        if p.max_margin is not None and p.max_margin <= p.min_margin:
+            raise ValueError(f"pairing.max_margin: {p.max_margin} must exceed pairing.min_margin {p.min_margin}")
         if self.pairing.quorum is not None and self.pairing.quorum > len(scorers):
             raise ValueError(f"pairing.quorum: {self.pairing.quorum} exceeds the {len(scorers)} reward models")
         return self

@@ -30,6 +30,7 @@ CANDIDATES = pa.schema(
         ("params", pa.string()),  # canonical json of the sampling settings
         ("media_path", pa.string()),  # relative to the build folder; null when failed
         ("sha256", pa.string()),
+        ("phash", pa.string()),  # 64-bit DCT pHash as 16 hex digits per hashed frame (pipeline/phash.py); null when failed
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("num_frames", pa.int32()),  # 1 for images
@@ -69,7 +70,7 @@ def raw_scores_schema(scorers: Sequence[str]) -> pa.Schema:
 def pairs_schema(scorers: Sequence[str]) -> pa.Schema:
     return pa.schema(
         [
-            ("pair_id", pa.string()),
+            ("pair_id", pa.string()),  # null for pairs the pair stage drops: (winner_id, loser_id) identifies them
             ("prompt_id", pa.string()),
             ("category", pa.string()),
             ("modality", pa.string()),
@@ -107,5 +108,8 @@ def selected_schema(scorers: Sequence[str]) -> pa.Schema:
             ("p_vlm", pa.float32()),  # null when no VLM rater is configured
             ("split", pa.string()),
             ("order", pa.int64()),  # position in the shuffled, category-interleaved sample order
+            # 0: a reader presenting pairs as image_0/image_1 shows the winner first; 1: second. Balanced per
+            # category (docs/selection.md); shards keep win/lose members, this only fixes an A/B orientation.
+            ("winner_position", pa.int8()),
         ]
     )

@@ -46,8 +46,10 @@ def test_pairs_orientation_agreement_and_reasons():
     assert cb.agree == 2 and not cb.kept and cb.drop_reason == BELOW_QUORUM
     assert np.isclose(cb.margin_s3, -1.0)  # the dissenting scorer's margin is negative
     assert de.drop_reason == TIE and not de.kept
+    assert pd.isna(cb.pair_id) and pd.isna(de.pair_id)  # a dropped pair is identified by (winner_id, loser_id)
     q2 = form_pairs(add_group_stats(_raw(rows), S), S, quorum=2, min_margin=0.0).to_pandas()
-    assert q2.set_index("pair_id").loc[cb.pair_id, "kept"]
+    assert q2.set_index(["winner_id", "loser_id"]).loc[("c", "b"), "pair_id"] == pair_id("c", "b")
+    assert q2.set_index(["winner_id", "loser_id"]).loc[("c", "b"), "kept"]
 
 
 def test_no_majority_when_scorers_split_evenly():
@@ -71,9 +73,9 @@ def _kept_pairs(n_prompts, per_prompt, category, modality):
         for k in range(per_prompt):
             w, l = f"{category}{p}w{k}", f"{category}{p}l{k}"
             rows.append(
-                dict(pair_id=pair_id(w, l), prompt_id=f"{category}{p}", category=category, modality=modality,
-                     winner_id=w, loser_id=l, margin_s1=1.0, margin_s2=1.0, margin_s3=1.0,
-                     agree=3 - (k % 2), n_scorers=3, kept=True, drop_reason=None)
+                {"pair_id": pair_id(w, l), "prompt_id": f"{category}{p}", "category": category, "modality": modality,
+                     "winner_id": w, "loser_id": l, "margin_s1": 1.0, "margin_s2": 1.0, "margin_s3": 1.0,
+                     "agree": 3 - (k % 2), "n_scorers": 3, "kept": True, "drop_reason": None}
             )
     return rows
 
