@@ -6,6 +6,7 @@ and the error text, so the audit can count and explain what it left out.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,8 @@ def check_row(row: dict[str, Any]) -> tuple[str, str | None]:
         label = float(row["label_0"]) if row.get("label_0") is not None else None
     except (TypeError, ValueError):
         return "bad_label", f"label_0 = {row['label_0']!r} is not a number"
+    if label is not None and math.isnan(label):
+        label = None
     try:
         if preferred_index(label) is None:
             return "tie_label", "label_0 = 0.5"

@@ -1,0 +1,195 @@
+"""`audit` end to end on Ray with the five tiny reward models: a generated Pick-a-Pic parquet with
+planted bad rows and ties (exact counts, exports that partition the scored rows in the input's
+schema, a report that renders in headless Chromium), resume, pair files, shards and bad inputs."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.audit.read import AuditInputError, discover
+from pipeline.audit.run import run_audit
+from pipeline.audit.sample import PLANTED, write_sample
+from pipeline.media import encode_image
+from schemas.audit import SKIP_REASONS, parse_audit_config
+
+ROWS = 24  # row groups of 16 -> units [0,8) [8,16) [16,24)
+
+
+def _cfg(cache, **kw):
+    return parse_audit_config({"cache_dir": str(cache), "unit_rows": 8, "examples": 6,
+                               "resources": {"num_cpus": 1, "num_actors": 1, "batch_size": 4}, **kw})
+
+
+def _strip(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in ("input", "sources")}
+
+
+@pytest.fixture(scope="module")
+def audited(ray_session, vipo_cache, tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+    data = write_sample(root / "pickapic" / "train-0.parquet", rows=ROWS, row_group_size=16)
+    result = run_audit(data, root / "out", _cfg(vipo_cache))
+    return data, result
+
+
+def test_counts_are_exact(audited):
+    _, result = audited
+    s = result.summary
+    expected = {r: sum(v == r for v in PLANTED.values()) for r in SKIP_REASONS}
+    assert expected == {"missing_field": 2, "bad_label": 1, "tie_label": 2, "image_too_large": 1, "corrupt_image": 2,
+                        "unsupported_media": 0}
+    assert s["skipped"] == expected
+    assert (s["pairs_read"], s["pairs_scored"], s["pairs_skipped"]) == (ROWS, ROWS - 8, 8)
+    assert result.units_run == 3
+    assert s["all_agree_with_label"]["pairs"] + s["conflicts"]["pairs"] == s["pairs_scored"]
+    assert sum(s["conflicts"]["kinds"].values()) == s["conflicts"]["pairs"]
+    m = np.array(s["pairwise_agreement"]["matrix"])
+    assert m.shape == (5, 5) and np.allclose(m, m.T)
+    assert json.loads((result.out_dir / "summary.json").read_text())["skipped"] == expected
+
+
+def test_exports_partition_the_scored_rows_in_the_input_schema(audited):
+    data, result = audited
+    source = pq.read_table(data)
+    consistent = pq.read_table(result.out_dir / "consistent.parquet")
+    conflicting = pq.read_table(result.out_dir / "conflicting.parquet")
+    assert consistent.schema.equals(source.schema) and conflicting.schema.equals(source.schema)
+    a, b = set(consistent["ranking_id"].to_pylist()), set(conflicting["ranking_id"].to_pylist())
+    scored = {r for i, r in enumerate(source["ranking_id"].to_pylist()) if i not in PLANTED}
+    assert a.isdisjoint(b) and a | b == scored
+    assert (len(a), len(b)) == (result.summary["exports"]["consistent"], result.summary["exports"]["conflicting"])
+    assert len(a) == result.summary["all_agree_with_label"]["pairs"]
+    # rows are copied byte for byte, images included
+    by_id = {r["ranking_id"]: r for r in source.to_pylist()}
+    assert all(row == by_id[row["ranking_id"]] for row in conflicting.to_pylist())
+
+
+def test_report_is_self_contained_and_escaped(audited):
+    _, result = audited
+    html = result.report.read_text()
+    assert "<script" not in html and "src=\"http" not in html and "src='http" not in html
+    assert html.count("data:image/png;base64,") >= 3  # agreement bars, heatmap, conflict kinds
+    assert html.count('class="pair"') == 6 and "data:image/jpeg;base64," in html
+    assert "Pairwise agreement between reward models" in html
+
+
+def test_report_renders_in_headless_chromium(audited, tmp_path):
+    from PIL import Image
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs it)")
+        pytest.skip("chromium is not installed")
+    _, result = audited
+    shot = tmp_path / "report.png"
+    proc = subprocess.run(
+        [chromium, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr", "--v=0",
+         "--hide-scrollbars", "--window-size=1200,2000", f"--user-data-dir={tmp_path / 'profile'}",
+         f"--screenshot={shot}", result.report.as_uri()],
+        check=False, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line
+               or "Content Security Policy" in line or "Refused to" in line]
+    assert console == []
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape[:2] == (2000, 1200)
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50 and img.std() > 10  # text, plots and thumbnails, not blank
+
+
+def test_partial_run_then_rerun_gives_the_same_summary(audited, vipo_cache, tmp_path):
+    data, full = audited
+    out = tmp_path / "out"
+    first = run_audit(data, out, _cfg(vipo_cache), limit=8)
+    assert (first.units_run, first.summary["pairs_read"]) == (1, 8)
+    rest = run_audit(data, out, _cfg(vipo_cache))
+    assert rest.units_run == 2
+    assert _strip(rest.summary) == _strip(full.summary)
+    assert pq.read_table(out / "conflicting.parquet").equals(pq.read_table(full.out_dir / "conflicting.parquet"))
+    # a unit whose part file is lost (a kill before it landed) is the only one scored again
+    parts = sorted((out / "scores").glob("part-*.parquet"))
+    parts[1].unlink()
+    again = run_audit(data, out, _cfg(vipo_cache))
+    assert again.units_run == 1 and _strip(again.summary) == _strip(full.summary)
+    assert run_audit(data, out, _cfg(vipo_cache)).units_run == 0
+
+
+def _png(seed: int) -> bytes:
+    return encode_image(np.random.default_rng(seed).integers(0, 255, (32, 32, 3), dtype=np.uint8), "png")
+
+
+def test_pair_file_input(ray_session, vipo_cache, tmp_path):
+    (tmp_path / "img").mkdir()
+    for i in range(3):
+        (tmp_path / "img" / f"{i}.png").write_bytes(_png(i))
+    rows = [
+        {"prompt": "a cat", "image_0": "img/0.png", "image_1": "img/1.png", "label_0": 1, "model_0": "x", "model_1": "y"},
+        {"prompt": "a dog", "image_0": "img/1.png", "image_1": "img/2.png", "label_0": 0, "model_0": "y", "model_1": "x"},
+        {"prompt": "a cow", "image_0": "img/2.png", "image_1": "img/9.png", "label_0": 0, "model_0": "y", "model_1": "x"},
+        {"prompt": "a hen", "image_0": "img/0.png", "image_1": "img/2.png", "label_0": 0.5, "model_0": "x", "model_1": "x"},
+    ]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run_audit(data, tmp_path / "out", _cfg(vipo_cache))
+    s = result.summary
+    assert (s["pairs_read"], s["pairs_scored"]) == (4, 2)
+    assert s["skipped"]["corrupt_image"] == 1 and s["skipped"]["tie_label"] == 1
+    exported = pq.read_table(tmp_path / "out" / "consistent.parquet").to_pylist() + \
+        pq.read_table(tmp_path / "out" / "conflicting.parquet").to_pylist()
+    assert sorted(r["prompt"] for r in exported) == ["a cat", "a dog"]
+
+
+def _shard_folder(root) -> None:
+    folder = root / "shards" / "image"
+    folder.mkdir(parents=True)
+    buf = io.BytesIO()
+    ids = [f"{i:016x}" for i in range(3)]
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i, key in enumerate(ids):
+            members = {"txt": f"prompt {i}".encode(), "win.jpg": encode_image(np.full((24, 24, 3), 40 * i, np.uint8)),
+                       "lose.jpg": b"broken" if i == 2 else encode_image(np.full((24, 24, 3), 200, np.uint8))}
+            for suffix, payload in members.items():
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    (folder / "train-000000.tar").write_bytes(buf.getvalue())
+    pq.write_table(pa.table({"pair_id": ids, "prompt": [f"prompt {i}" for i in range(3)],
+                             "winner_generator": ["tiny-sd15"] * 3, "loser_generator": ["tiny-sdxl"] * 3}),
+                   folder / "train-000000.parquet")
+
+
+def test_shard_folder_input(ray_session, vipo_cache, tmp_path):
+    _shard_folder(tmp_path / "build")
+    result = run_audit(tmp_path / "build", tmp_path / "out", _cfg(vipo_cache))
+    s = result.summary
+    assert s["kind"] == "shards" and (s["pairs_read"], s["pairs_scored"], s["skipped"]["corrupt_image"]) == (3, 2, 1)
+    assert set(s["by_source_model"]) == {"tiny-sd15", "tiny-sdxl"}
+    out = pq.read_table(tmp_path / "out" / "consistent.parquet")
+    assert out.schema.names == ["pair_id", "prompt", "winner_generator", "loser_generator"]
+
+
+def test_bad_inputs_fail_with_one_line_naming_the_file(tmp_path):
+    t = pq.read_table(write_sample(tmp_path / "ok.parquet", rows=2, planted=False)).drop_columns(["jpg_1"])
+    pq.write_table(t, tmp_path / "nojpg.parquet")
+    with pytest.raises(AuditInputError, match=r"nojpg\.parquet: missing column\(s\) \['jpg_1'\]"):
+        discover(tmp_path / "nojpg.parquet")
+    (tmp_path / "junk.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(AuditInputError, match=r"junk\.parquet: not a readable parquet file"):
+        discover(tmp_path / "junk.parquet")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{oops\n')
+    from pipeline.audit.read import read_pair_file
+
+    with pytest.raises(AuditInputError, match=r"p\.jsonl: line 2: not valid JSON"):
+        read_pair_file(tmp_path / "p.jsonl")
+    with pytest.raises(AuditInputError, match="no such file"):
+        discover(tmp_path / "missing")

@@ -1,0 +1,130 @@
+"""The audit's pure parts, exact numbers on hand-built inputs: agreement analysis, row checks, config."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.audit.analyse import classify, conflict_kind, summarise
+from pipeline.audit.report import render_report
+from pipeline.audit.sample import bomb_png
+from pipeline.audit.stage import check_row, decode_pair
+from pipeline.media import encode_image
+from schemas.audit import load_audit_config, parse_audit_config
+from schemas.config import ConfigError
+
+M = ["pickscore", "hpsv21", "imagereward"]
+
+
+def _table() -> pd.DataFrame:
+    """Six scored pairs and two skipped ones; votes per model (+1 = image 0) in the comments."""
+    rows = [
+        # label_0, (s0, s1) per model in M, model_0, model_1
+        (1.0, [(2, 1), (2, 1), (2, 1)], "A", "B"),  # + + +  label +  consistent
+        (0.0, [(1, 2), (1, 2), (1, 2)], "A", "A"),  # - - -  label -  consistent
+        (1.0, [(2, 1), (2, 1), (1, 2)], "B", "C"),  # + + -  label +  imagereward alone
+        (1.0, [(1, 2), (1, 2), (1, 2)], "A", "C"),  # - - -  label +  all three against
+        (0.0, [(3, 3), (1, 2), (1, 2)], "C", "C"),  # 0 - -  label -  pickscore alone (no preference)
+        (0.0, [(2, 1), (2, 1), (1, 2)], "B", "A"),  # + + -  label -  pickscore + hpsv21
+    ]
+    recs = []
+    for i, (label, scores, m0, m1) in enumerate(rows):
+        rec = {"row_id": f"k:{i:010d}", "source": 0, "row": i, "status": "scored", "label_0": label, "model_0": m0, "model_1": m1}
+        for name, (s0, s1) in zip(M, scores):
+            rec[f"{name}_0"], rec[f"{name}_1"] = float(s0), float(s1)
+        recs.append(rec)
+    for i, status in ((6, "tie_label"), (7, "corrupt_image")):
+        recs.append({"row_id": f"k:{i:010d}", "source": 0, "row": i, "status": status, "label_0": 0.5 if i == 6 else 1.0,
+                     "model_0": "A", "model_1": "B", **{f"{n}_{s}": np.nan for n in M for s in (0, 1)}})
+    return pd.DataFrame(recs)
+
+
+def test_summary_exact_numbers():
+    s = summarise(_table(), M)
+    assert (s["pairs_read"], s["pairs_scored"], s["pairs_skipped"]) == (8, 6, 2)
+    assert s["skipped"]["tie_label"] == 1 and s["skipped"]["corrupt_image"] == 1 and s["skipped"]["missing_field"] == 0
+    assert s["agreement_with_label"] == {"pickscore": 3 / 6, "hpsv21": 4 / 6, "imagereward": 4 / 6}
+    assert s["all_agree_with_each_other"] == {"pairs": 3, "share": 0.5}
+    assert s["all_agree_with_label"] == {"pairs": 2, "share": 2 / 6}
+    assert s["majority_agrees_with_label"] == {"pairs": 4, "share": 4 / 6}
+    expected = np.array([[5, 5, 3], [5, 6, 4], [3, 4, 6]]) / 6
+    np.testing.assert_allclose(s["pairwise_agreement"]["matrix"], expected, atol=1e-6)
+    assert s["conflicts"]["pairs"] == 4
+    assert list(s["conflicts"]["kinds"].items()) == [
+        ("all 3 against the label", 1), ("imagereward alone", 1), ("pickscore + hpsv21", 1), ("pickscore alone", 1)]
+    by = s["by_source_model"]
+    assert {k: (v["pairs"], v["consistent"]) for k, v in by.items()} == {"A": (4, 2), "B": (3, 1), "C": (3, 0)}
+    assert by["A"]["agreement_with_label"]["pickscore"] == 0.5
+    assert by["C"]["agreement_with_label"] == {"pickscore": 1 / 3, "hpsv21": 2 / 3, "imagereward": 1 / 3}
+
+
+def test_classify_marks_consistent_rows_only_among_scored():
+    c = classify(_table(), M)
+    assert c["row"].tolist() == [0, 1, 2, 3, 4, 5]
+    assert c["consistent"].tolist() == [True, True, False, False, False, False]
+    assert c["dissenters"].tolist() == [0, 0, 1, 3, 1, 2]
+
+
+def test_conflict_kind_names():
+    names = ["a", "b", "c", "d", "e"]
+    dissent = np.array([[0, 0, 0, 0, 0], [0, 0, 1, 0, 0], [1, 0, 0, 0, 1], [1, 1, 1, 1, 1]], dtype=bool)
+    assert conflict_kind(dissent, names).tolist() == ["", "c alone", "a + e", "all 5 against the label"]
+
+
+def test_empty_table_gives_no_shares():
+    s = summarise(_table().iloc[6:], M)
+    assert s["pairs_scored"] == 0 and s["all_agree_with_label"]["share"] is None and s["pairwise_agreement"]["matrix"] is None
+
+
+def _row(**kw):
+    img = encode_image(np.zeros((8, 8, 3), np.uint8), "png")
+    return {"caption": "c", "img_0": img, "img_1": img, "label_0": 1.0, **kw}
+
+
+@pytest.mark.parametrize("kw, status", [
+    ({}, "scored"),
+    ({"caption": None}, "missing_field"),
+    ({"img_1": None}, "missing_field"),
+    ({"label_0": None}, "missing_field"),
+    ({"label_0": 0.3}, "bad_label"),
+    ({"label_0": "yes"}, "bad_label"),
+    ({"label_0": float("nan")}, "missing_field"),
+    ({"label_0": 0.5}, "tie_label"),
+    ({"label_0": "0"}, "scored"),  # csv labels arrive as text
+])
+def test_check_row(kw, status):
+    assert check_row(_row(**kw))[0] == status
+
+
+def test_decode_pair_refuses_bombs_and_corrupt_bytes():
+    jpg = encode_image(np.full((16, 16, 3), 128, np.uint8), "jpg")
+    assert decode_pair(_row(img_0=jpg), 1000)[0] == "scored"
+    status, detail, _ = decode_pair(_row(img_1=bomb_png()), 64_000_000)
+    assert status == "image_too_large" and "image 1" in detail
+    assert decode_pair(_row(img_0=jpg[: len(jpg) // 3]), 1000)[0] == "corrupt_image"
+    assert decode_pair(_row(img_0=b"GIF89a nonsense"), 1000)[0] == "corrupt_image"
+    assert decode_pair(_row(img_0=jpg), 255)[0] == "image_too_large"  # 16x16 = 256 > 255
+
+
+def test_report_escapes_dataset_text():
+    df = _table()
+    summary = {**summarise(df, M), "input": "<i>x</i>.parquet", "exports": {"consistent": 2, "conflicting": 4}}
+    ex = {**classify(df, M).iloc[2].to_dict(), "file": "f<script>.parquet", "caption": "<script>alert(1)</script>",
+          "model_0": "<b>m</b>", "thumb_0": None, "thumb_1": None}
+    html = render_report(summary, [ex])
+    assert "<script" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "&lt;b&gt;m&lt;/b&gt;" in html
+    assert "Content-Security-Policy" in html and html.count("data:image/png;base64,") == 4
+
+
+def test_config_defaults_and_errors(tmp_path):
+    cfg = load_audit_config(None)
+    assert cfg.scorer_names == ["pickscore", "hpsv21", "imagereward", "clipscore", "aesthetic"]
+    assert load_audit_config("configs/audit-demo.yaml").scorer_names == cfg.scorer_names
+    bad = tmp_path / "a.yaml"
+    bad.write_text("reward_models: [{name: pickscore}, {name: nope}]\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: reward_models\.1: unknown reward model 'nope'"):
+        load_audit_config(bad)
+    with pytest.raises(ConfigError, match="unit_rows"):
+        parse_audit_config({"unit_rows": 0}, "x.yaml")
+    with pytest.raises(ConfigError, match="x.yaml: batch: Extra inputs"):
+        parse_audit_config({"batch": 3}, "x.yaml")
