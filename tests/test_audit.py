@@ -107,20 +107,20 @@ def test_report_renders_in_headless_chromium(audited, tmp_path):
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50 and img.std() > 10  # text, plots and thumbnails, not blank
 
 
-def test_partial_run_then_rerun_gives_the_same_summary(audited, vipo_cache, tmp_path):
+def test_killed_audit_resumes_to_the_same_summary(audited, vipo_cache, tmp_path):
     data, full = audited
     out = tmp_path / "out"
-    first = run_audit(data, out, _cfg(vipo_cache), limit=8)
-    assert (first.units_run, first.summary["pairs_read"]) == (1, 8)
-    rest = run_audit(data, out, _cfg(vipo_cache))
-    assert rest.units_run == 2
-    assert _strip(rest.summary) == _strip(full.summary)
-    assert pq.read_table(out / "conflicting.parquet").equals(pq.read_table(full.out_dir / "conflicting.parquet"))
-    # a unit whose part file is lost (a kill before it landed) is the only one scored again
+    shutil.copytree(full.out_dir / "scores", out / "scores")
     parts = sorted((out / "scores").glob("part-*.parquet"))
-    parts[1].unlink()
+    assert len(parts) == 3  # one part file per unit, each landed whole by atomic rename
+    for p in parts[1:]:  # killed after its first unit had landed
+        p.unlink()
+    limited = run_audit(data, out, _cfg(vipo_cache), limit=8)  # --limit 8 is the first unit: nothing to score
+    assert (limited.units_run, limited.summary["pairs_read"]) == (0, 8)
     again = run_audit(data, out, _cfg(vipo_cache))
-    assert again.units_run == 1 and _strip(again.summary) == _strip(full.summary)
+    assert again.units_run == 2
+    assert _strip(again.summary) == _strip(full.summary)
+    assert pq.read_table(out / "conflicting.parquet").equals(pq.read_table(full.out_dir / "conflicting.parquet"))
     assert run_audit(data, out, _cfg(vipo_cache)).units_run == 0
 
 
