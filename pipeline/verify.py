@@ -5,6 +5,10 @@ Reads tars with the standard library only (nothing is unpickled), parquet sideca
 config with `yaml.safe_load`, and size-checks images before decoding, so it is also safe on a dataset
 from elsewhere.
 
+Balance is checked against the build's config.yaml when the folder keeps it: every category within its
+quota, and, when `selection.max_winner_generator_share` is set, no generator winning more than
+floor(share * n) of a category's n pairs (the select stage's hard cap).
+
 Two entry points: `verify_dataset(root)` lists problems (empty: sound), `balance_report(root)` lists
 `warning:` lines that are not problems (a category short of its quota).
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 import tarfile
 from collections import Counter
@@ -28,17 +33,43 @@ _KEY = re.compile(rf"^[0-9a-f]{{{ID_HEX}}}$")
 CONFIG_NAME = "config.yaml"  # the exact config of the build, beside shards/ (pipeline/build.py)
 MAX_CONFIG_BYTES = 1 << 20  # a build config is a few KiB; refuse to parse anything larger
 PREFIX_MIN_SAMPLES = 4  # categories with fewer samples in a folder are not judged for prefix balance
-# Manifest count field -> (sidecar column, how a sample's json gives it).
+CAP_SLACK = 1e-9  # floor(share * n + slack): a share like 0.3 of 10 pairs allows 3, not 2 (float rounding)
+
+
+def _winner_generator(meta: dict):
+    winner = meta.get("winner")
+    return winner.get("generator") if isinstance(winner, dict) else None
+
+
+# Manifest count field -> (sidecar columns, how a sample's json gives the same values). A field of two
+# columns is a nested mapping in the manifest ({category: {generator: count}}), keyed here "category/generator"
+# (category names hold no "/").
 COUNTED = {
-    "categories": ("category", lambda meta: meta.get("category")),
-    "winner_generators": ("winner_generator", lambda meta: (meta.get("winner") or {}).get("generator")),
-    "agreement": ("agree", lambda meta: (meta.get("agreement") or {}).get("agree")),
+    "categories": (("category",), lambda meta: (meta.get("category"),)),
+    "winner_generators": (("winner_generator",), lambda meta: (_winner_generator(meta),)),
+    "agreement": (("agree",), lambda meta: ((meta.get("agreement") or {}).get("agree"),)),
+    "winner_generators_by_category": (("category", "winner_generator"), lambda meta: (meta.get("category"), _winner_generator(meta))),
 }
+OPTIONAL = frozenset({"winner_generators_by_category"})  # manifests written before it was added lack it
 
 
-def _count_key(value) -> str | None:
-    """Counts are keyed by strings in the manifest (agreement's ints included)."""
-    return None if value is None or isinstance(value, (dict, list)) else str(value)
+def _count_key(values: tuple) -> str | None:
+    """Counts are keyed by strings in the manifest (agreement's ints included); None if a part is unusable."""
+    if any(v is None or isinstance(v, (dict, list)) for v in values):
+        return None
+    return "/".join(str(v) for v in values)
+
+
+def _listed(manifest: dict, field: str) -> dict[str, object] | None:
+    """A manifest count field as {key: count} (nested mappings flattened to "outer/inner"); None if malformed."""
+    listed = manifest.get(field)
+    if not isinstance(listed, dict):
+        return None
+    if len(COUNTED[field][0]) == 1:
+        return {str(k): v for k, v in listed.items()}
+    if not all(isinstance(inner, dict) for inner in listed.values()):
+        return None
+    return {f"{k}/{g}": n for k, inner in listed.items() for g, n in inner.items()}
 
 
 def _decodes(member: str, data: bytes) -> str | None:
@@ -50,7 +81,8 @@ def _decodes(member: str, data: bytes) -> str | None:
             with av.open(io.BytesIO(data)) as c:
                 n = sum(1 for _ in c.decode(video=0))
             return None if n > 0 else "video has no frames"
-        from pipeline.media import decode_image  # refuses oversized images from the header alone
+        # decode_image refuses oversized images from the header alone
+        from pipeline.media import decode_image
 
         decode_image(data).load()
         return None
@@ -114,7 +146,7 @@ def _check_sample(where: str, key: str, members: dict[str, bytes], expected: lis
 
 def _read_sidecar(path: Path) -> tuple[dict[str, list] | None, str | None]:
     """The sidecar's pair_id and counted columns as lists, or why they cannot be read."""
-    columns = ["pair_id", *(col for col, _ in COUNTED.values())]
+    columns = list(dict.fromkeys(["pair_id", *(col for cols, _ in COUNTED.values() for col in cols)]))
     try:
         table = pq.read_table(path, columns=columns)
     except Exception as err:  # noqa: BLE001 - reported, not raised (pyarrow raises many types here)
@@ -125,10 +157,13 @@ def _read_sidecar(path: Path) -> tuple[dict[str, list] | None, str | None]:
 def _check_sidecar_rows(side_path: Path, tar_name: str, side: dict[str, list], metas: list[dict]) -> list[str]:
     """Row by row, the sidecar's counted columns against the samples' json (same order)."""
     bad = []
-    for field, (col, from_json) in COUNTED.items():
+    for cols, from_json in COUNTED.values():
+        if len(cols) != 1:  # made of columns checked on their own
+            continue
+        col = cols[0]
         for i, (pid, got, meta) in enumerate(zip(side["pair_id"], side[col], metas)):
-            want = from_json(meta)
-            if _count_key(got) != _count_key(want):
+            want = from_json(meta)[0]
+            if _count_key((got,)) != _count_key((want,)):
                 bad.append(f"{side_path}: row {i} ({pid}): {col} {got!r} but {tar_name}'s json says {want!r}")
     return bad
 
@@ -137,13 +172,15 @@ def _compare_counts(manifest_path: Path, manifest: dict, shards: dict[str, Count
     """The manifest's count fields against what the shards' json and (when all were read) the sidecars hold."""
     bad = []
     for field in COUNTED:
-        listed = manifest.get(field)
-        if not isinstance(listed, dict):
+        if field in OPTIONAL and field not in manifest:
+            continue
+        listed = _listed(manifest, field)
+        if listed is None:
             bad.append(f"{manifest_path}: {field}: missing or not a mapping of counts")
             continue
         held = shards[field]
         side = sidecars[field] if sidecars is not None else None
-        for key in sorted({*map(str, listed), *held, *(side or {})}):
+        for key in sorted({*listed, *held, *(side or {})}):
             m, j = listed.get(key, 0), held.get(key, 0)
             s = side.get(key, 0) if side is not None else j
             if m != j or m != s:
@@ -211,18 +248,18 @@ def _load_manifest(folder: Path) -> tuple[dict | None, list[str]]:
     return (None if bad else manifest), bad
 
 
-def _check_folder(folder: Path, modality: str) -> tuple[list[str], Counter]:
-    """Problems of one shard folder, and its per-category sample counts (from the samples' json)."""
+def _check_folder(folder: Path, modality: str) -> tuple[list[str], dict[str, Counter]]:
+    """Problems of one shard folder, and its counts per COUNTED field (from the samples' json)."""
     where = str(folder)
     manifest_path = folder / MANIFEST_NAME
+    held = {field: Counter() for field in COUNTED}
     manifest, problems = _load_manifest(folder)
     if manifest is None:
-        return problems, Counter()
+        return problems, held
     expected = list(manifest.get("members", []))
     listed = {s["name"] for s in manifest["shards"]}
     for stray in sorted(p.name for p in folder.glob("*.tar") if p.name not in listed):
         problems.append(f"{folder / stray}: not listed in {MANIFEST_NAME}")
-    held = {field: Counter() for field in COUNTED}
     side_counts: dict[str, Counter] | None = {field: Counter() for field in COUNTED}
     order: list[str | None] = []  # the samples' categories in shard order
     complete = True
@@ -272,14 +309,14 @@ def _check_folder(folder: Path, modality: str) -> tuple[list[str], Counter]:
         else:
             problems += _check_sidecar_rows(side_path, tar_path.name, side, metas)
         if side_counts is not None:
-            for field, (col, _) in COUNTED.items():
-                side_counts[field].update(k for k in map(_count_key, side[col]) if k is not None)
+            for field, (cols, _) in COUNTED.items():
+                side_counts[field].update(k for k in map(_count_key, zip(*(side[c] for c in cols))) if k is not None)
     if total != manifest.get("num_samples"):
         problems.append(f"{manifest_path}: num_samples {manifest.get('num_samples')} but the shards hold {total}")
     problems += _compare_counts(manifest_path, manifest, held, side_counts)
     if complete:
         problems += prefix_problems(where, order)
-    return problems, held["categories"]
+    return problems, held
 
 
 def verify_folder(folder: Path, modality: str) -> list[str]:
@@ -294,19 +331,24 @@ def _layout(root: Path) -> tuple[list[Path], Path]:
     return folders, build / CONFIG_NAME
 
 
-def _quotas(config_path: Path) -> tuple[dict[str, int] | None, list[str]]:
-    """category -> quota from the build's config.yaml (None when absent), and problems reading it."""
+def _read_config(config_path: Path) -> tuple[dict | None, list[str]]:
+    """The build's config.yaml as plain data (None when absent or unreadable), and problems reading it."""
     if not config_path.is_file():
         return None, []
     if config_path.stat().st_size > MAX_CONFIG_BYTES:
-        return {}, [f"{config_path}: over {MAX_CONFIG_BYTES} bytes; not a build config"]
+        return None, [f"{config_path}: over {MAX_CONFIG_BYTES} bytes; not a build config"]
     import yaml
 
     try:
         data = yaml.safe_load(config_path.read_text())  # plain data only: no tags, no objects
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        return {}, [f"{config_path}: does not parse ({err})"]
-    categories = data.get("categories") if isinstance(data, dict) else None
+        return None, [f"{config_path}: does not parse ({err})"]
+    return (data if isinstance(data, dict) else {}), []
+
+
+def _quotas(config_path: Path, data: dict) -> tuple[dict[str, int], list[str]]:
+    """category -> quota from the config, and problems with its `categories`."""
+    categories = data.get("categories")
     if not isinstance(categories, dict) or not categories:
         return {}, [f"{config_path}: categories: missing or not a mapping"]
     quotas, bad = {}, []
@@ -319,17 +361,54 @@ def _quotas(config_path: Path) -> tuple[dict[str, int] | None, list[str]]:
     return quotas, bad
 
 
-def _balance(config_path: Path, counts: Counter) -> tuple[list[str], list[str]]:
-    """(problems, warnings) of the selected counts per category against the config's quotas."""
-    quotas, problems = _quotas(config_path)
-    if quotas is None:
-        return [], []
+def _cap(config_path: Path, data: dict) -> tuple[float | None, list[str]]:
+    """selection.max_winner_generator_share (None when the config has no such key, or sets it null)."""
+    selection = data.get("selection")
+    if selection is None:
+        return None, []
+    share = selection.get("max_winner_generator_share") if isinstance(selection, dict) else None
+    if share is None:
+        return None, [] if isinstance(selection, dict) else [f"{config_path}: selection: not a mapping"]
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+        return None, [f"{config_path}: selection: max_winner_generator_share: must be a number in (0, 1], got {share!r}"]
+    return float(share), []
+
+
+def cap_problems(config_path: Path, share: float, by_category: Counter) -> list[str]:
+    """Generators winning more than floor(share * n) of a category's n pairs; `by_category` counts
+    "category/generator" keys (the json's, via `_check_folder`)."""
+    totals: Counter = Counter()
+    for key, n in by_category.items():
+        totals[key.partition("/")[0]] += n
+    bad = []
+    for key, won in sorted(by_category.items()):
+        cat, _, gen = key.partition("/")
+        allowed = math.floor(share * totals[cat] + CAP_SLACK)
+        if won > allowed:
+            bad.append(
+                f"{config_path}: selection: max_winner_generator_share {share:g}: {gen} won {won} of the "
+                f"{totals[cat]} {cat} pairs, at most {allowed} allowed"
+            )
+    return bad
+
+
+def _balance(config_path: Path, counts: dict[str, Counter]) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of the selected counts against the config: quotas per category, generator cap."""
+    data, problems = _read_config(config_path)
+    if data is None:
+        return problems, []
+    quotas, quota_problems = _quotas(config_path, data)
+    share, cap_bad = _cap(config_path, data)
+    problems += quota_problems + cap_bad
+    if share is not None:
+        problems += cap_problems(config_path, share, counts["winner_generators_by_category"])
+    by_cat = counts["categories"]
     warnings = []
-    for cat in sorted(set(counts) - set(quotas)):
-        if not problems:  # an unreadable config already says why
-            problems.append(f"{config_path}: categories: no {cat!r}, but the shards hold {counts[cat]} of its samples")
+    for cat in sorted(set(by_cat) - set(quotas)):
+        if not quota_problems:  # an unreadable quota already says why
+            problems.append(f"{config_path}: categories: no {cat!r}, but the shards hold {by_cat[cat]} of its samples")
     for cat, quota in sorted(quotas.items()):
-        n = counts.get(cat, 0)
+        n = by_cat.get(cat, 0)
         if n > quota:
             problems.append(f"{config_path}: categories: {cat}: quota {quota}, but the shards hold {n} of its samples")
         elif n < quota:
@@ -345,11 +424,12 @@ def verify_dataset(root: str | Path) -> list[str]:
     if not folders:
         return [f"{root}: no shards/image or shards/video folder"]
     problems: list[str] = []
-    counts: Counter = Counter()
+    counts = {field: Counter() for field in COUNTED}
     for folder in folders:
         found, held = _check_folder(folder, folder.name)
         problems += found
-        counts += held
+        for field in COUNTED:
+            counts[field] += held[field]
     problems += _balance(config_path, counts)[0]
     return problems
 
@@ -359,10 +439,10 @@ def balance_report(root: str | Path) -> list[str]:
 
     Counts come from the manifests (cheap; `verify_dataset` checks them against the shards)."""
     folders, config_path = _layout(Path(root))
-    counts: Counter = Counter()
+    counts = {field: Counter() for field in COUNTED}
     for folder in folders:
         manifest, _ = _load_manifest(folder)
-        listed = manifest.get("categories") if manifest else None
-        if isinstance(listed, dict):
-            counts.update({str(k): v for k, v in listed.items() if isinstance(v, int) and not isinstance(v, bool)})
+        for field in COUNTED:
+            listed = _listed(manifest, field) if manifest else None
+            counts[field].update({k: v for k, v in (listed or {}).items() if isinstance(v, int) and not isinstance(v, bool)})
     return _balance(config_path, counts)[1]

@@ -1,5 +1,6 @@
-"""`verify` on a copy of a small real build, tampered one way per test: manifest counts, quotas in the
-copied config.yaml, members, media (corrupt and oversized), and the prefix balance of a shard folder."""
+"""`verify` on a copy of a small real build, tampered one way per test: manifest counts (per category,
+generator and both), sidecars, quotas and the winner-generator cap in the copied config.yaml, members, media
+(corrupt and oversized), and the prefix balance of a shard folder."""
 from __future__ import annotations
 
 import hashlib
@@ -43,7 +44,7 @@ def copy(build_dir, tmp_path) -> Path:
 
 
 def _image_tar(root: Path) -> Path:
-    return sorted((root / "shards" / "image").glob("*.tar"))[0]
+    return min((root / "shards" / "image").glob("*.tar"))
 
 
 def _members(tar_path: Path) -> list[tuple[tarfile.TarInfo, bytes]]:
@@ -76,7 +77,7 @@ def _edit_config(root: Path, category: str, quota) -> Path:
 
 
 def _cli_verify(root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "cli.py"), "verify", str(root)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, str(REPO / "cli.py"), "verify", str(root)], capture_output=True, text=True, check=False)
 
 
 def test_the_copy_verifies_with_no_warnings(copy):
@@ -89,7 +90,7 @@ def test_the_copy_verifies_with_no_warnings(copy):
 def test_an_altered_manifest_count_names_the_manifest_and_key(copy, field, key):
     path = copy / "shards" / "image" / "manifest.json"
     manifest = json.loads(path.read_text())
-    key = key or sorted(manifest[field])[0]
+    key = key or min(manifest[field])
     manifest[field][key] += 1
     path.write_text(json.dumps(manifest))
     problems = verify_dataset(copy)
@@ -109,6 +110,62 @@ def test_a_quota_above_the_selected_count_is_only_a_warning(copy):
     assert verify_dataset(copy) == []
     assert balance_report(copy) == [f"warning: {config}: categories: motion_quality: 2 of its quota 5 selected (short by 3)"]
     assert _cli_verify(copy).returncode == 0
+
+
+def _set_cap(root: Path, share) -> Path:
+    path = root / "config.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["selection"] = {"max_winner_generator_share": share}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_a_generator_over_the_cap_is_a_problem(copy):
+    """Each category of the small build has one generator, winning all 2 of its pairs."""
+    config = _set_cap(copy, 0.5)
+    assert verify_dataset(copy) == [
+        f"{config}: selection: max_winner_generator_share 0.5: tiny-sd15 won 2 of the 2 aesthetics pairs, at most 1 allowed",
+        f"{config}: selection: max_winner_generator_share 0.5: tiny-wan21 won 2 of the 2 motion_quality pairs, at most 1 allowed",
+    ]
+    proc = _cli_verify(copy)
+    assert proc.returncode == 1 and "tiny-wan21 won 2 of the 2 motion_quality pairs" in proc.stdout
+    assert balance_report(copy) == []  # a cap breach is a problem, never only a warning
+
+
+@pytest.mark.parametrize("share", [1.0, 1, None])
+def test_a_cap_the_shards_keep_or_no_cap_is_no_problem(copy, share):
+    _set_cap(copy, share)
+    assert verify_dataset(copy) == []
+
+
+@pytest.mark.parametrize("share", [0, 1.5, "half", True])
+def test_a_bad_cap_is_a_problem(copy, share):
+    config = _set_cap(copy, share)
+    assert verify_dataset(copy) == [
+        f"{config}: selection: max_winner_generator_share: must be a number in (0, 1], got {share!r}"]
+
+
+def test_an_altered_per_category_generator_count_names_the_manifest_and_key(copy):
+    path = copy / "shards" / "image" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["winner_generators_by_category"] == {"aesthetics": {"tiny-sd15": 2}}
+    manifest["winner_generators_by_category"]["aesthetics"]["tiny-sd15"] = 3
+    path.write_text(json.dumps(manifest))
+    assert verify_dataset(copy) == [
+        f"{path}: winner_generators_by_category: aesthetics/tiny-sd15: 3, but the shards hold 2 and the sidecars 2"]
+
+
+def test_a_sidecar_generator_that_disagrees_with_the_json_and_manifest_is_a_problem(copy):
+    side = min((copy / "shards" / "image").glob("*.parquet"))
+    rows = pq.read_table(side).to_pylist()
+    rows[0]["winner_generator"] = "sdxl"
+    pq.write_table(pa.Table.from_pylist(rows), side)
+    problems = verify_dataset(copy)
+    manifest = copy / "shards" / "image" / "manifest.json"
+    pid = rows[0]["pair_id"]
+    assert f"{side}: row 0 ({pid}): winner_generator 'sdxl' but {side.stem}.tar's json says 'tiny-sd15'" in problems
+    assert f"{manifest}: winner_generators: sdxl: 0, but the shards hold 0 and the sidecars 1" in problems
+    assert f"{manifest}: winner_generators_by_category: aesthetics/tiny-sd15: 2, but the shards hold 2 and the sidecars 1" in problems
 
 
 def test_a_bad_config_is_reported_and_never_executed(copy, tmp_path):
