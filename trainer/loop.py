@@ -1,0 +1,283 @@
+"""The Poly-DPO training loop on `accelerate`: one code path for CPU, one GPU, DDP and FSDP.
+
+Per micro-batch of B pairs: encode both images (frozen VAE) and the prompts (frozen text encoders),
+draw one noise tensor and one timestep per pair (shared by winner and loser), run the reference
+(no grad) and then the policy on the stacked (winners, losers) batch, and optimise
+`poly_dpo_loss` (or, for the first `objective.sft_steps` steps of the "+SFT" recipe, `sft_loss` on
+the winners). Every random draw of a step comes from a generator seeded by (seed, step, micro-batch,
+rank), so a resumed run repeats exactly what an uninterrupted one would have done.
+
+Multi-GPU: `accelerate launch cli.py train --config ...`; each rank reads its own slice of the data
+(`build_loader(..., rank, world_size)`).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from schemas.train_config import OptimConfig, TrainConfig
+from trainer.batch import PairBatch
+from trainer.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    register_trainable_only_hooks,
+    save_checkpoint,
+)
+from trainer.losses import (
+    DEFAULT_BETA_EPSILON,
+    per_sample_error,
+    poly_dpo_loss,
+    sft_loss,
+)
+from trainer.models import FLOW_FAMILIES, TrainModel, load_train_model
+from trainer.objectives import DEFAULT_BETA_FLOW, noise_pair
+
+__all__ = ["METRIC_COLUMNS", "TrainResult", "build_optimizer", "train", "train_step"]
+
+METRIC_COLUMNS = ("step", "phase", "loss", "implicit_acc", "reward_margin", "p_mean", "sft_loss", "lr")
+
+
+class Reporter(Protocol):
+    def start(self, stage: str, total: int) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def finish(self, summary: Any) -> None: ...
+
+
+class _Silent:
+    def start(self, stage: str, total: int) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def finish(self, summary: Any) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    resumed_from: int
+    final_dir: Path | None
+    metrics_csv: Path
+    last: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        last = ", ".join(f"{k} {v:.4g}" for k, v in self.last.items() if isinstance(v, float))
+        resumed = f" (resumed at step {self.resumed_from})" if self.resumed_from else ""
+        return f"train: {self.steps} steps{resumed}; {last}; weights: {self.final_dir}"
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    """CPU generator for one micro-batch: a pure function of where the run is (resume-exact)."""
+    digest = hashlib.sha256(f"{seed}:{step}:{micro}:{rank}".encode()).digest()
+    return torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def build_optimizer(cfg: OptimConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if not params:
+        raise ValueError("optimizer: the model has no trainable parameters")
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                 eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise RuntimeError("optim.optimizer: adamw8bit needs bitsandbytes (pip install bitsandbytes, CUDA only)") from None
+        return bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                   eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+    from transformers.optimization import Adafactor
+
+    # External learning rate (our schedule), no relative steps: the diffusers scripts' Adafactor setup.
+    return Adafactor(params, lr=cfg.learning_rate, scale_parameter=False, relative_step=False, warmup_init=False,
+                     weight_decay=cfg.weight_decay)
+
+
+def default_beta(model: TrainModel) -> float:
+    return DEFAULT_BETA_FLOW if model.family in FLOW_FAMILIES else DEFAULT_BETA_EPSILON
+
+
+def train_step(model: TrainModel, policy: torch.nn.Module, batch: PairBatch, generator: torch.Generator, *,
+               beta: float, alpha: float, sft_only: bool = False, sft_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one micro-batch (not yet backpropagated) and its stats."""
+    h, w = batch.pixels_w.shape[-2:]
+    lat_w = model.encode_pixels(batch.pixels_w, generator)
+    lat_l = model.encode_pixels(batch.pixels_l, generator)
+    cond = model.encode_prompts(batch.prompts, int(h), int(w))
+    noised = noise_pair(model.objective, lat_w, lat_l, generator)
+    stats: dict[str, float] = {}
+    if not sft_only:
+        with torch.no_grad(), model.reference(policy) as ref:
+            ref_err_w, ref_err_l = per_sample_error(model.predict(ref, noised.noisy, noised.timesteps, cond), noised.target).chunk(2)
+    err_w, err_l = per_sample_error(model.predict(policy, noised.noisy, noised.timesteps, cond), noised.target).chunk(2)
+    sft = sft_loss(err_w)
+    if sft_only:
+        return sft, {"loss": float(sft.detach()), "sft_loss": float(sft.detach())}
+    loss, stats = poly_dpo_loss(err_w, err_l, ref_err_w, ref_err_l, beta=beta, alpha=alpha)
+    if sft_weight:
+        loss = loss + sft_weight * sft
+        stats["loss"] = float(loss.detach())
+    stats["sft_loss"] = float(sft.detach())
+    return loss, stats
+
+
+class _MetricsCSV:
+    """metrics.csv, one row per logged step; on resume rows past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_step: int):
+        self.path = path
+        rows: list[dict[str, str]] = []
+        if resume_step and path.exists():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        self._f = path.open("w", newline="")
+        self._w = csv.DictWriter(self._f, fieldnames=METRIC_COLUMNS)
+        self._w.writeheader()
+        self._w.writerows(rows)
+        self._f.flush()
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._w.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _check_tracker(name: str) -> None:
+    module = {"tensorboard": "tensorboard", "wandb": "wandb"}[name]
+    if importlib.util.find_spec(module) is None:
+        raise RuntimeError(f"report_to: {name} is not installed (pip install {module})")
+
+
+def _build_loader(cfg: TrainConfig, rank: int, world_size: int) -> Iterable[PairBatch]:
+    from trainer.data import build_loader
+
+    return build_loader(cfg.data, cfg.batch_size, rank=rank, world_size=world_size)
+
+
+def train(cfg: TrainConfig, reporter: Reporter | None = None, *, loader: Iterable[PairBatch] | None = None) -> TrainResult:
+    """Run (or resume) the training `cfg` describes; returns where the results are.
+
+    `loader` replaces the configured data (any iterable of PairBatch with `state_dict()` /
+    `load_state_dict()`), for tests and custom sources; `reporter` gets start/advance/finish calls
+    and, when it has one, `metrics(row)` per logged step.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    reporter = reporter or _Silent()
+    out = Path(cfg.output_dir)
+    ckpt_root = out / "checkpoints"
+    if cfg.report_to != "none":
+        _check_tracker(cfg.report_to)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        cpu=cfg.device == "cpu", log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=str(out),
+    )
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(cfg.model_dump_json(indent=2))
+    m = cfg.model
+    model = load_train_model(
+        m.generator, path=m.path, pipeline_class=m.pipeline_class, lora_rank=cfg.lora.rank if cfg.lora else None,
+        lora_alpha=cfg.lora.alpha if cfg.lora else None,
+        lora_targets=tuple(cfg.lora.target_modules) if cfg.lora else (), mixed_precision=cfg.mixed_precision,
+        prediction_type=m.prediction_type, flow_weighting=cfg.objective.flow_weighting,
+        flow_logit_mean=cfg.objective.flow_logit_mean, flow_logit_std=cfg.objective.flow_logit_std,
+        flow_shift=cfg.objective.flow_shift, max_sequence_length=m.max_sequence_length,
+        gradient_checkpointing=cfg.gradient_checkpointing, device=accelerator.device, cache_dir=cfg.cache_dir,
+        seed=cfg.seed,
+    )
+    model.flux_guidance = m.flux_guidance
+    beta = cfg.objective.beta or default_beta(model)
+    optimizer = build_optimizer(cfg.optim, model.trainable_parameters())
+    n = accelerator.num_processes  # the prepared scheduler steps once per process per optimiser step
+    lr_sched = get_scheduler(cfg.optim.lr_scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps * n,
+                             num_training_steps=cfg.max_steps * n)
+    if model.lora:
+        register_trainable_only_hooks(accelerator, model.denoiser)
+    policy, optimizer, lr_sched = accelerator.prepare(model.denoiser, optimizer, lr_sched)
+
+    data = loader if loader is not None else _build_loader(cfg, accelerator.process_index, accelerator.num_processes)
+    step = 0
+    latest = latest_checkpoint(ckpt_root) if cfg.resume else None
+    if latest is not None:
+        step, loader_state = load_checkpoint(accelerator, latest)
+        if loader_state is not None:
+            data.load_state_dict(loader_state)
+    resumed_from = step
+    metrics = _MetricsCSV(out / "metrics.csv", step) if accelerator.is_main_process else None
+    if cfg.report_to != "none":
+        accelerator.init_trackers("vipo-train", config={"alpha": cfg.objective.alpha, "beta": beta,
+                                                        "lr": cfg.optim.learning_rate, "generator": m.generator})
+    reporter.start("train", cfg.max_steps)
+    if step:
+        reporter.advance(step)
+    last: dict[str, Any] = {}
+    sums: dict[str, float] = {}
+    micro = 0
+    try:
+        batches = iter(data)
+        while step < cfg.max_steps:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            sft_only = step < cfg.objective.sft_steps
+            with accelerator.accumulate(policy):
+                gen = step_generator(cfg.seed, step, micro, accelerator.process_index)
+                loss, stats = train_step(model, policy, batch, gen, beta=beta, alpha=cfg.objective.alpha,
+                                         sft_only=sft_only, sft_weight=cfg.objective.sft_weight)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.optim.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(model.trainable_parameters(), cfg.optim.max_grad_norm)
+                optimizer.step()
+                lr_sched.step()
+                optimizer.zero_grad(set_to_none=True)
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + v
+            micro += 1
+            if not accelerator.sync_gradients:
+                continue
+            means = {k: v / micro for k, v in sums.items()}
+            keys = sorted(means)
+            if n > 1:  # average over ranks
+                t = torch.tensor([means[k] for k in keys], device=accelerator.device, dtype=torch.float64)
+                means = dict(zip(keys, accelerator.reduce(t, reduction="mean").tolist()))
+            sums, micro = {}, 0
+            step += 1
+            last = {"step": step, "phase": "sft" if sft_only else "dpo", **means, "lr": float(lr_sched.get_last_lr()[0])}
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                if metrics is not None:
+                    metrics.write(last)
+                if cfg.report_to != "none":
+                    accelerator.log({k: v for k, v in last.items() if isinstance(v, float)}, step=step)
+                if hasattr(reporter, "metrics"):
+                    reporter.metrics(last)
+            if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+                state = data.state_dict() if hasattr(data, "state_dict") else None
+                save_checkpoint(accelerator, ckpt_root, step, state, cfg.keep_checkpoints)
+            reporter.advance(1)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    accelerator.wait_for_everyone()
+    final_dir = None
+    if accelerator.is_main_process:
+        final_dir = model.save_final(out / "final", accelerator.unwrap_model(policy))
+    accelerator.end_training()
+    if step < cfg.max_steps:
+        last["stopped_early"] = f"data ran out after {step} of {cfg.max_steps} steps"
+    result = TrainResult(out, step, resumed_from, final_dir, out / "metrics.csv", last)
+    reporter.finish(result)
+    if not math.isfinite(float(last.get("loss", 0.0))):
+        raise FloatingPointError(f"train: loss is {last.get('loss')} at step {step} (try a lower learning rate or bf16 -> no)")
+    return result
