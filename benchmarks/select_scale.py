@@ -113,10 +113,13 @@ def run_select(n_rows: int) -> dict:
     t0 = time.perf_counter()
     joined = scores.join(candidates.select(["candidate_id", "phash"]), "candidate_id", join_type="left outer")
     t_join = time.perf_counter()
+    del scores  # the build reads scores, joins, and lets go of the unjoined table too
+    candidates = candidates.select(["candidate_id", "generator"])
     pairs = form_pairs(joined, cfg.scorer_names, cfg.quorum, p.min_margin, max_margin=p.max_margin,
                        near_duplicate_bits=p.near_duplicate_bits)
     t_pairs = time.perf_counter()
-    sel = select_pairs(pairs, prompts, cfg, candidates=candidates.select(["candidate_id", "generator"]))
+    del joined
+    sel = select_pairs(pairs, prompts, cfg, candidates=candidates)
     t1 = time.perf_counter()
     shares = [max(r["winner_generators"].values(), default=0) / max(r["selected"], 1) for r in sel.report.values()]
     return {

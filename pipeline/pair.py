@@ -9,6 +9,7 @@ function runs per prompt group under Ray Data (`form_pairs_ray`) for tables past
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,7 @@ NEAR_DUPLICATE = "near_duplicate"  # winner and loser pHashes within near_duplic
 TOO_EASY = "too_easy"  # every agreeing scorer's normalised margin exceeds max_margin
 REASONS: tuple[str, ...] = (MISSING_SCORE, TIE, NO_MAJORITY, BELOW_QUORUM, NEAR_DUPLICATE, TOO_EASY)
 
-CHUNK_PAIRS = 2_000_000  # pairs evaluated at once: bounds the float matrices to ~100 MB each
+CHUNK_ROWS = 500_000  # candidates paired at once (~1.8M pairs at groups of 8): bounds the temporaries
 
 
 @dataclass(frozen=True)
@@ -139,34 +140,44 @@ def form_pairs(
     schema = pairs_schema(scorers)
     if scores.num_rows < 2:
         return schema.empty_table()
-    t = scores.take(pa.array(_group_order(scores)))
+    needed = ["candidate_id", "prompt_id", "category", "modality", *scorers, *(f"{s}_group_std" for s in scorers)]
+    if near_duplicate_bits is not None and "phash" in scores.column_names:
+        needed.append("phash")
+    t = scores.select(needed)
+    t = t.take(pa.array(_group_order(t)))
     codes = pc.dictionary_encode(t["prompt_id"]).combine_chunks().indices.to_numpy()
-    ia, ib = _index_pairs(codes)
-    if len(ia) == 0:
-        return schema.empty_table()
-    x = np.column_stack([t[s].to_numpy().astype(np.float64) for s in scorers])
-    std = np.column_stack([t[f"{s}_group_std"].to_numpy().astype(np.float64) for s in scorers])
+    x = np.column_stack([t[s].to_numpy().astype(np.float32) for s in scorers])
+    std = np.column_stack([t[f"{s}_group_std"].to_numpy().astype(np.float32) for s in scorers])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_std = np.where(std > 0, 1.0 / std, 0.0).astype(np.float32)  # zero spread: nobody votes
     hashes = None
-    if near_duplicate_bits is not None and "phash" in t.column_names:
+    if "phash" in t.column_names:
         hashes = {k: hex_words(t["phash"], k) for k in (1, PHASH_FRAMES)}
     strings = {c: _Strings(t[c]) for c in ("candidate_id", "prompt_id", "category", "modality")}
-    batches = [
-        _chunk(strings, x, std, hashes, ia[i : i + CHUNK_PAIRS], ib[i : i + CHUNK_PAIRS], scorers, rules, schema)
-        for i in range(0, len(ia), CHUNK_PAIRS)
-    ]
+    batches = []
+    for r0, r1 in _blocks(codes, CHUNK_ROWS):  # whole prompt groups per block: bounded index arrays
+        ia, ib = _index_pairs(codes[r0:r1])
+        if len(ia):
+            batches.append(_chunk(strings, x, inv_std, hashes, ia + r0, ib + r0, scorers, rules, schema))
     return pa.Table.from_batches(batches, schema)
 
 
-def _chunk(strings, x, std, hashes, ia, ib, scorers, rules: PairRules, schema) -> pa.RecordBatch:
-    diff = x[ia] - x[ib]
-    sd = std[ia]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        norm = np.where(sd > 0, diff / sd, 0.0)
+def _blocks(codes: np.ndarray, rows: int) -> list[tuple[int, int]]:
+    """Row ranges of about `rows` rows that never split a prompt group (rows sorted by group)."""
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    at = np.minimum(np.searchsorted(starts, np.arange(0, len(codes), rows)), len(starts) - 1)
+    edges = [*np.unique(starts[at]).tolist(), len(codes)]
+    return list(itertools.pairwise(edges))
+
+
+def _chunk(strings, x, inv_std, hashes, ia, ib, scorers, rules: PairRules, schema) -> pa.RecordBatch:
+    diff = x[ia] - x[ib]  # float32, like the scores and the stored margins
+    norm = diff * inv_std[ia]
     votes_a = (norm > rules.min_margin).sum(axis=1)
     votes_b = (norm < -rules.min_margin).sum(axis=1)
     a_wins = votes_a >= votes_b
     agree = np.where(a_wins, votes_a, votes_b)
-    sign = np.where(a_wins, 1.0, -1.0)[:, None]
+    margins = np.where(a_wins[:, None], diff, -diff)
     conds = [np.isnan(diff).any(axis=1), (votes_a == 0) & (votes_b == 0), votes_a == votes_b, agree < rules.quorum]
     if hashes is not None:
         dist = np.full(len(ia), np.nan)
@@ -177,7 +188,7 @@ def _chunk(strings, x, std, hashes, ia, ib, scorers, rules: PairRules, schema) -
     else:
         conds.append(np.zeros(len(ia), bool))
     if rules.max_margin is not None:
-        signed = norm * sign
+        signed = np.where(a_wins[:, None], norm, -norm)
         weakest = np.where(signed > rules.min_margin, signed, np.inf).min(axis=1)  # over the agreeing scorers
         conds.append(weakest > rules.max_margin)
     else:
@@ -206,7 +217,6 @@ def _chunk(strings, x, std, hashes, ia, ib, scorers, rules: PairRules, schema) -
         "winner_id": cand.take(w_idx),
         "loser_id": cand.take(l_idx),
     }
-    margins = (diff * sign).astype(np.float32)
     for i, s in enumerate(scorers):
         cols[f"margin_{s}"] = pa.array(margins[:, i])
     cols["agree"] = pa.array(agree.astype(np.int32))

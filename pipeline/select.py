@@ -25,6 +25,8 @@ OVER_QUOTA = "over_quota"  # the category's quota was already filled by stronger
 
 SELECTION_REPORT = "selection_report.json"  # in the build folder: per category, what was selected and what was not, and why
 
+_SELECT_REASONS = ("", PROMPT_CAP, GENERATOR_CAP, OVER_QUOTA)
+
 DROPPED = pa.schema([("pair_id", pa.string()), ("category", pa.string()), ("reason", pa.string())])
 
 
@@ -77,12 +79,19 @@ def feasible_size(available: np.ndarray, quota: int, share: float | None) -> int
     return int(n[fill >= n].max())
 
 
-def _generator_of(winner_ids: pa.ChunkedArray | pa.Array, candidates: pa.Table) -> np.ndarray:
-    idx = pc.index_in(winner_ids, value_set=candidates["candidate_id"].combine_chunks())
-    if idx.null_count:
-        missing = winner_ids.filter(pc.is_null(idx))[0]
-        raise ValueError(f"winner candidate {missing} of the pairs table is not in the candidates table")
-    return np.asarray(candidates["generator"].combine_chunks().take(idx).to_numpy(zero_copy_only=False), dtype=object)
+def _generator_codes(kept: pa.Table, candidates: pa.Table | None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(generator names, winner's code, loser's code) per pair; one hash lookup for both sides."""
+    if candidates is None:
+        zeros = np.zeros(kept.num_rows, np.int64)
+        return [""], zeros, zeros
+    ids = pa.chunked_array([*kept["winner_id"].chunks, *kept["loser_id"].chunks], pa.string())
+    at = pc.index_in(ids, value_set=candidates["candidate_id"].combine_chunks())
+    if at.null_count:
+        missing = ids.filter(pc.is_null(at))[0]
+        raise ValueError(f"candidate {missing} of the pairs table is not in the candidates table")
+    enc = pc.dictionary_encode(candidates["generator"].combine_chunks())
+    codes = enc.indices.to_numpy(zero_copy_only=False)[at.to_numpy()]
+    return enc.dictionary.to_pylist(), codes[: kept.num_rows], codes[kept.num_rows :]
 
 
 def select_pairs(
@@ -99,75 +108,91 @@ def select_pairs(
     if share is not None and candidates is None:
         raise ValueError("selection.max_winner_generator_share needs the candidates table (winner generators)")
     cats = list(cfg.categories)
-    pairs = pairs.filter(pc.is_in(pairs["category"], value_set=pa.array(cats)))
     report = _pairing_report(pairs, cfg)
-    df = pairs.filter(pairs["kept"]).to_pandas()
-    dropped = []
+    kt = pairs.filter(pairs["kept"])
+    kt = kt.filter(pc.is_in(kt["category"], value_set=pa.array(cats, pa.string()))).combine_chunks()
+    n = kt.num_rows
+    alive = np.ones(n, bool)
+    p_vlm = np.full(n, np.nan)
+    drops: list[tuple[np.ndarray, pa.Array]] = []  # (rows of kt, reason per row)
     if judged is not None:
-        judgements, keeps = (t.to_pandas() for t in judged)
-        verdict = df[["pair_id", "category"]].merge(keeps, on="pair_id", how="left")
-        unjudged = verdict["kept"].isna().to_numpy()
-        if unjudged.any():
-            raise ValueError(f"{int(unjudged.sum())} consistent pairs have no VLM judgement; rerun the judge stage")
-        refused = ~verdict["kept"].astype(bool).to_numpy()
-        dropped.append(verdict.loc[refused, ["pair_id", "category", "drop_reason"]].rename(columns={"drop_reason": "reason"}))
-        df = df[~refused].merge(judgements[["pair_id", "p_winner"]].rename(columns={"p_winner": "p_vlm"}), on="pair_id", how="left")
-    else:
-        df = df.assign(p_vlm=np.nan)
-    df = df.reset_index(drop=True)
-    gen = _generator_of(pa.array(df["winner_id"], pa.string()), candidates) if candidates is not None else np.full(len(df), "")
-    df["winner_generator"] = gen
+        judgements, keeps = judged
+        at = pc.index_in(kt["pair_id"], value_set=keeps["pair_id"].combine_chunks())
+        if at.null_count:
+            raise ValueError(f"{at.null_count} consistent pairs have no VLM judgement; rerun the judge stage")
+        ok = keeps["kept"].combine_chunks().take(at).to_numpy(zero_copy_only=False).astype(bool)
+        refused = np.flatnonzero(~ok)
+        drops.append((refused, keeps["drop_reason"].combine_chunks().take(at).take(pa.array(refused))))
+        alive &= ok
+        jat = pc.index_in(kt["pair_id"], value_set=judgements["pair_id"].combine_chunks())
+        p_vlm = judgements["p_winner"].combine_chunks().take(jat).to_numpy(zero_copy_only=False).astype(np.float64)
+    names, wgen, lgen = _generator_codes(kt, candidates)
+    n_gen = len(names)
 
     # strength: more agreeing reward models, then a surer VLM, then the pair id (a fair pseudo-random tie-break)
-    pid_key = hex_words(pa.array(df["pair_id"], pa.string()), 1)[0][:, 0]
-    agree = df["agree"].to_numpy()
-    p_vlm = np.nan_to_num(df["p_vlm"].to_numpy(np.float64), nan=0.0)
-    strength = np.lexsort((pid_key, -p_vlm, -agree))
-    prompt_rank = _rank_within(pd.factorize(df["prompt_id"])[0], strength)
-    capped = prompt_rank >= cfg.pairing.max_pairs_per_prompt
-    reason = np.where(capped, PROMPT_CAP, "").astype(object)
+    pid_key = hex_words(kt["pair_id"], 1)[0][:, 0]
+    agree = kt["agree"].to_numpy()
+    surer = np.nan_to_num(p_vlm, nan=0.0)
+    prompt_code = pc.dictionary_encode(kt["prompt_id"].combine_chunks()).indices.to_numpy()
+    cat_code = pc.index_in(kt["category"], value_set=pa.array(cats, pa.string())).to_numpy()
+    rows = np.flatnonzero(alive)
+    strength = rows[np.lexsort((pid_key[rows], -surer[rows], -agree[rows]))]
+    prompt_rank = _rank_within(prompt_code, strength)
+    reason = np.zeros(n, np.int8)  # index into _SELECT_REASONS; 0: selected or refused by the VLM
+    reason[alive & (prompt_rank >= cfg.pairing.max_pairs_per_prompt)] = 1
 
     # priority inside a category: every prompt's best pair before any prompt's second (prompt diversity)
-    cat_code = df["category"].map({c: i for i, c in enumerate(cats)}).to_numpy()
-    gen_code = pd.factorize(gen)[0]
-    live = np.flatnonzero(~capped)
-    prio = live[np.lexsort((pid_key[live], -p_vlm[live], -agree[live], prompt_rank[live], cat_code[live]))]
-    gen_rank = _rank_within(cat_code * (gen_code.max(initial=0) + 1) + gen_code, prio)
-    take = np.zeros(len(df), bool)
+    live = np.flatnonzero(alive & (reason == 0))
+    prio = live[np.lexsort((pid_key[live], -surer[live], -agree[live], prompt_rank[live], cat_code[live]))]
+    gen_rank = _rank_within(cat_code * n_gen + wgen, prio)
+    both = np.unique(np.r_[cat_code[rows] * n_gen + wgen[rows], cat_code[rows] * n_gen + lgen[rows]])
+    serving = np.bincount(both // n_gen, minlength=len(cats))  # generators with a candidate in the category's pairs
+    take = np.zeros(n, bool)
     for ci, cat in enumerate(cats):
-        rows = prio[cat_code[prio] == ci]
+        mine = prio[cat_code[prio] == ci]
         quota = cfg.categories[cat].quota
-        available = np.bincount(gen_code[rows], minlength=gen_code.max(initial=0) + 1)
-        n = feasible_size(available, quota, share)
-        cap = np.iinfo(np.int64).max if share is None else int(np.floor(share * n + 1e-9))
-        eligible = gen_rank[rows] < cap
-        chosen = eligible & (np.cumsum(eligible) <= n)
-        take[rows[chosen]] = True
+        # k generators cannot split a category more evenly than 1/k each: a lower cap is raised to that
+        cat_share = None if share is None else max(share, 1.0 / max(int(serving[ci]), 1))
+        size = feasible_size(np.bincount(wgen[mine], minlength=n_gen), quota, cat_share)
+        cap = np.iinfo(np.int64).max if cat_share is None else int(np.floor(cat_share * size + 1e-9))
+        eligible = gen_rank[mine] < cap
+        chosen = eligible & (np.cumsum(eligible) <= size)
+        take[mine[chosen]] = True
         last = int(np.flatnonzero(chosen)[-1]) if chosen.any() else -1
-        after = np.arange(len(rows)) > last
         # quota filled: the untaken after the last taken pair were simply not needed; before it, or when the
         # quota is short, they were passed over for their generator
-        over = after if n == quota else np.zeros(len(rows), bool)
-        reason[rows[~chosen & over]] = OVER_QUOTA
-        reason[rows[~chosen & ~over]] = GENERATOR_CAP
-    for r in (PROMPT_CAP, GENERATOR_CAP, OVER_QUOTA):
-        mask = reason == r
-        dropped.append(df.loc[mask, ["pair_id", "category"]].assign(reason=r))
-    df = df[take].reset_index(drop=True)
+        over = (np.arange(len(mine)) > last) if size == quota else np.zeros(len(mine), bool)
+        reason[mine[~chosen & over]] = 3
+        reason[mine[~chosen & ~over]] = 2
+    for code in (1, 2, 3):
+        idx = np.flatnonzero(reason == code)
+        drops.append((idx, pa.array(np.full(len(idx), _SELECT_REASONS[code], object), pa.string())))
 
+    picked = np.flatnonzero(take)
+    df = kt.take(pa.array(picked)).to_pandas()
+    df["p_vlm"] = p_vlm[picked]
+    df["winner_generator"] = np.asarray(names, object)[wgen[picked]]
     df = df.merge(prompts.select(["prompt_id", "prompt"]).to_pandas(), on="prompt_id", how="left")
     df["split"] = cfg.shards.split
     df["_key"] = _interleave_key(df, cfg.seed)
     df = df.sort_values(["modality", "_key", "pair_id"], kind="stable").reset_index(drop=True)
     df["order"] = df.groupby("modality").cumcount().astype("int64")
     df["winner_position"] = _winner_position(df, cfg.seed)
-    dropped_df = pd.concat(dropped) if dropped else pd.DataFrame(columns=DROPPED.names)
-    report = _selection_report(report, df, dropped_df, cfg)
+    idx = np.concatenate([d[0] for d in drops]).astype(np.int64) if drops else np.empty(0, np.int64)
+    dropped = pa.table(
+        {
+            "pair_id": kt["pair_id"].take(pa.array(idx)),
+            "category": kt["category"].take(pa.array(idx)),
+            "reason": pa.concat_arrays([d[1] for d in drops]) if drops else pa.array([], pa.string()),
+        },
+        schema=DROPPED,
+    )
+    report = _selection_report(report, df, dropped, cfg)
     shortfall = {c: (r["quota"], r["selected"]) for c, r in report.items() if r["selected"] < r["quota"]}
     schema = selected_schema(scorers)
     return Selection(
         selected=pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False),
-        dropped=pa.Table.from_pandas(dropped_df[DROPPED.names], schema=DROPPED, preserve_index=False),
+        dropped=dropped,
         shortfall=shortfall,
         report=report,
     )
@@ -185,6 +210,8 @@ def _pairing_report(pairs: pa.Table, cfg: BuildConfig) -> dict[str, dict]:
     counts = pairs.group_by(["category", "drop_reason"]).aggregate([("winner_id", "count")]).to_pylist()
     out = {c: {"quota": q.quota, "pairs_formed": 0, "dropped": {}} for c, q in cfg.categories.items()}
     for row in counts:
+        if row["category"] not in out:  # a category this config does not build
+            continue
         entry = out[row["category"]]
         entry["pairs_formed"] += row["winner_id_count"]
         if row["drop_reason"] is not None:
@@ -192,13 +219,13 @@ def _pairing_report(pairs: pa.Table, cfg: BuildConfig) -> dict[str, dict]:
     return out
 
 
-def _selection_report(report: dict, selected: pd.DataFrame, dropped: pd.DataFrame, cfg: BuildConfig) -> dict[str, dict]:
-    by_reason = dropped.groupby(["category", "reason"]).size()
+def _selection_report(report: dict, selected: pd.DataFrame, dropped: pa.Table, cfg: BuildConfig) -> dict[str, dict]:
+    counts = dropped.group_by(["category", "reason"]).aggregate([("pair_id", "count")]).to_pylist()
+    for row in counts:
+        entry = report[row["category"]]
+        entry["dropped"][row["reason"]] = entry["dropped"].get(row["reason"], 0) + row["pair_id_count"]
     for cat, entry in report.items():
         sel = selected[selected["category"] == cat]
-        for (c, r), n in by_reason.items():
-            if c == cat:
-                entry["dropped"][r] = entry["dropped"].get(r, 0) + int(n)
         entry["dropped"] = dict(sorted(entry["dropped"].items()))
         entry["selected"] = len(sel)
         entry["prompts"] = int(sel["prompt_id"].nunique())

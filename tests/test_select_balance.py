@@ -34,23 +34,23 @@ GENS = ("gen-a", "gen-b", "gen-c")
 IMAGE_CATS = ("aesthetics", "composition", "text_image_alignment")
 
 
-def _scored_set(n_prompts: int, group: int, seed: int = 0):
+def _scored_set(n_prompts: int, group: int, seed: int = 0, gens: tuple[str, ...] = GENS):
     """A scored set where gen-a is much better, so it wins most consistent pairs (the skew)."""
     rng = np.random.default_rng(seed)
-    rows, gens, hashes = [], [], []
+    rows, owners, hashes = [], [], []
     for c in IMAGE_CATS:
         for p in range(n_prompts):
             pid = prompt_id(c, f"prompt {p}")
             for k in range(group):
-                g = GENS[k % 3]
+                g = gens[k % len(gens)]
                 cid = candidate_id(pid, g, k, {})
                 quality = rng.normal() + (2.0 if g == "gen-a" else 0.0)
                 rows.append((cid, pid, c, "image", *(quality + rng.normal(scale=0.3, size=len(RM)))))
-                gens.append((cid, g))
+                owners.append((cid, g))
                 hashes.append(f"{int(rng.integers(0, 2**63)):016x}")
     cols = list(zip(*rows))
     raw = pa.table({f.name: cols[i] for i, f in enumerate(raw_scores_schema(RM))}, schema=raw_scores_schema(RM))
-    cands = pa.table({"candidate_id": [c for c, _ in gens], "generator": [g for _, g in gens], "phash": hashes})
+    cands = pa.table({"candidate_id": [c for c, _ in owners], "generator": [g for _, g in owners], "phash": hashes})
     pids = sorted({r[1] for r in rows})
     prompts = pa.table({"prompt_id": pids, "prompt": ["x"] * len(pids)})
     return add_group_stats(raw, RM), cands, prompts
@@ -97,6 +97,12 @@ def test_skewed_generator_meets_quotas_and_cap():
         formed = pairs.filter(pa.compute.equal(pairs["category"], cat))
         assert entry["pairs_formed"] == formed.num_rows
         assert entry["dropped"]["below_quorum"] == formed.to_pandas().drop_reason.eq("below_quorum").sum()
+
+
+def test_cap_never_starves_a_category_served_by_fewer_generators():
+    scores, cands, prompts = _scored_set(n_prompts=10, group=4, gens=("gen-a",))
+    sel = select_pairs(form_pairs(scores, RM, quorum=5), prompts, _cfg(8, 0.4), candidates=cands)
+    assert sel.shortfall == {} and sel.selected.num_rows == 3 * 8  # one generator: a cap of 1/1 = no cap
 
 
 def test_feasible_size_exact():
