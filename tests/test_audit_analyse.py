@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.audit.analyse import classify, conflict_kind, summarise
+from pipeline.audit.read import discover, iter_unit, plan_units
 from pipeline.audit.report import render_report
-from pipeline.audit.sample import bomb_png
+from pipeline.audit.sample import bomb_png, write_sample
 from pipeline.audit.stage import check_row, decode_pair
 from pipeline.media import encode_image
 from schemas.audit import load_audit_config, parse_audit_config
@@ -128,3 +130,19 @@ def test_config_defaults_and_errors(tmp_path):
         parse_audit_config({"unit_rows": 0}, "x.yaml")
     with pytest.raises(ConfigError, match="x.yaml: batch: Extra inputs"):
         parse_audit_config({"batch": 3}, "x.yaml")
+
+
+def test_units_are_row_ranges_inside_row_groups_and_read_streamed(tmp_path):
+    data = write_sample(tmp_path / "s.parquet", rows=20, size=16, planted=False, row_group_size=16)
+    sources = discover(data)
+    units = plan_units(sources, 6)
+    assert [(u["row_group"], u["start"], u["stop"]) for u in units] == [(0, 0, 6), (0, 6, 12), (0, 12, 16), (1, 16, 20)]
+    assert [u["id"] for u in plan_units(discover(data), 6)] == [u["id"] for u in units]  # same file, same units
+    assert [(u["start"], u["stop"]) for u in plan_units(sources, 6, limit=14)] == [(0, 6), (6, 12), (12, 14)]
+    table = pq.read_table(data)
+    batches = list(iter_unit(units[1], 4))
+    assert [len(b) for b in batches] == [2, 4]  # the reader's batches of 4 cut at the unit's edges
+    rows = [r for b in batches for r in b]
+    assert [r["row"] for r in rows] == list(range(6, 12))
+    assert [r["img_1"] for r in rows] == table["jpg_1"].to_pylist()[6:12]
+    assert [r["caption"] for r in next(iter_unit(units[3], 8))] == table["caption"].to_pylist()[16:20]

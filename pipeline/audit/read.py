@@ -269,9 +269,10 @@ def _iter_shard_unit(unit: dict[str, Any], batch_size: int) -> Iterator[list[dic
 
 
 # -- reading input rows back (exports, report examples) ----------------------------------------------
-def row_tables(src: Source, rows: list[int] | None = None) -> Iterator[tuple[int, pa.Table]]:
+def row_tables(src: Source, rows: list[int] | None = None, batch_rows: int = 256) -> Iterator[tuple[int, pa.Table]]:
     """(first row index, table of the input's own columns) over the parts of `src` that hold any of
-    `rows` (all when None), row group by row group, so an export streams."""
+    `rows` (all when None), at most `batch_rows` rows at a time, skipping row groups that hold none
+    of them: an export streams (a Pick-a-Pic row group can hold a gigabyte of images)."""
     if src.kind == "pairs":
         yield 0, pa.Table.from_pylist(read_pair_file(src.path))
         return
@@ -286,7 +287,10 @@ def row_tables(src: Source, rows: list[int] | None = None) -> Iterator[tuple[int
             if j >= len(wanted) or wanted[j] >= offset + n:
                 offset += n
                 continue
-        yield offset, pf.read_row_group(rg)
+        at = offset
+        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[rg]):
+            yield at, pa.Table.from_batches([batch])
+            at += batch.num_rows
         offset += n
 
 
