@@ -266,7 +266,9 @@ def load_train_model(
             if p.requires_grad:
                 p.data = p.data.float()
     else:
-        frozen_reference = copy.deepcopy(denoiser).to(dtype=weight_dtype).requires_grad_(False).eval()
+        frozen_reference = copy.deepcopy(denoiser).requires_grad_(False).eval()
+        if weight_dtype != torch.float32:
+            frozen_reference.to(dtype=weight_dtype)
         denoiser.requires_grad_(True)
     if gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
