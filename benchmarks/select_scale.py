@@ -89,7 +89,8 @@ def synthetic(n_rows: int, seed: int = 0) -> tuple[pa.Table, pa.Table, pa.Table]
     phash = pa.concat_arrays([_hex(words[~video, :1]), _hex(words[video])]).take(
         pa.array(np.argsort(np.r_[np.flatnonzero(~video), np.flatnonzero(video)], kind="stable"))
     )
-    candidates = pa.table({"candidate_id": table["candidate_id"], "generator": pa.array(np.array(GENERATORS)[gen]), "phash": phash})
+    candidates = pa.table({"candidate_id": table["candidate_id"], "generator": pa.array(np.array(GENERATORS)[gen]),
+                           "category": table["category"], "phash": phash})
     prompts = pa.table({"prompt_id": prompt_ids, "prompt": pa.array(["a prompt"] * n_groups)})
     return table, candidates, prompts
 
@@ -114,7 +115,7 @@ def run_select(n_rows: int) -> dict:
     joined = scores.join(candidates.select(["candidate_id", "phash"]), "candidate_id", join_type="left outer")
     t_join = time.perf_counter()
     del scores  # the build reads scores, joins, and lets go of the unjoined table too
-    candidates = candidates.select(["candidate_id", "generator"])
+    candidates = candidates.select(["candidate_id", "generator", "category"])
     pairs = form_pairs(joined, cfg.scorer_names, cfg.quorum, p.min_margin, max_margin=p.max_margin,
                        near_duplicate_bits=p.near_duplicate_bits)
     t_pairs = time.perf_counter()

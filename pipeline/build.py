@@ -311,7 +311,7 @@ class Build:
 
             _need(self.paths.judge_keeps, "select", "judge")
             judged = (PartStore(self.paths.judgements, JUDGEMENTS, "pair_id").read(), read_table(self.paths.judge_keeps, JUDGE_KEEPS))
-        cands = PartStore(self.paths.candidates, CANDIDATES, "candidate_id").read().select(["candidate_id", "generator"])
+        cands = PartStore(self.paths.candidates, CANDIDATES, "candidate_id").read().select(["candidate_id", "generator", "category"])
         sel = select_pairs(pairs, prompts, self.cfg, judged, candidates=cands)
         write_table(sel.selected, self.paths.selected)
         write_table(sel.dropped, self.paths.dropped)

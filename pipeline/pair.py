@@ -47,7 +47,8 @@ class _Strings:
     anything else through Arrow's take."""
 
     def __init__(self, col: pa.ChunkedArray | pa.Array):
-        arr = (col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col).cast(pa.large_string())
+        self.small = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        arr = self.small.cast(pa.large_string())
         lengths = pc.utf8_length(arr)
         lo, hi = pc.min_max(lengths).values() if len(arr) else (pa.scalar(0), pa.scalar(0))
         self.arr, self.matrix = arr, None
@@ -61,15 +62,15 @@ class _Strings:
 
     def take(self, idx: np.ndarray) -> pa.Array:
         if self.matrix is None:
-            return self.arr.take(pa.array(idx)).cast(pa.string())
+            return self.small.take(pa.array(idx))
         return _fixed_strings(self.matrix[idx])
 
 
 def _fixed_strings(rows: np.ndarray) -> pa.Array:
+    """(n, width) bytes -> a string array without copying the bytes again (one block stays < 2 GiB)."""
     n, width = rows.shape
-    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int64)
-    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(rows))]
-    return pa.Array.from_buffers(pa.large_string(), n, buffers).cast(pa.string())
+    offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(rows))])
 
 
 def pair_ids(winner: np.ndarray, loser: np.ndarray) -> pa.Array:

@@ -55,7 +55,7 @@ def _salt(seed: int, name: str) -> int:
 
 def _rank_within(codes: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Each row's 0-based rank among the rows of its code, ranks following `order` (rows outside it: -1)."""
-    o = order[np.argsort(codes[order], kind="stable")]
+    o = _then_by(order, codes)
     c = codes[o]
     pos = np.arange(len(o))
     start = np.maximum.accumulate(np.where(np.r_[True, c[1:] != c[:-1]], pos, 0)) if len(o) else pos
@@ -79,19 +79,31 @@ def feasible_size(available: np.ndarray, quota: int, share: float | None) -> int
     return int(n[fill >= n].max())
 
 
-def _generator_codes(kept: pa.Table, candidates: pa.Table | None) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(generator names, winner's code, loser's code) per pair; one hash lookup for both sides."""
+def _then_by(order: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Re-sort `order` stably by `key` (small non-negative ints sort by radix: linear time)."""
+    k = key[order]
+    if k.size and k.max(initial=0) < 2**15 and k.min(initial=0) >= 0:
+        k = k.astype(np.int16)
+    return order[np.argsort(k, kind="stable")]
+
+
+def _generator_codes(kept: pa.Table, candidates: pa.Table | None, cats: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(generator names, winner's generator code per pair, generators serving each category)."""
     if candidates is None:
-        zeros = np.zeros(kept.num_rows, np.int64)
-        return [""], zeros, zeros
-    ids = pa.chunked_array([*kept["winner_id"].chunks, *kept["loser_id"].chunks], pa.string())
-    at = pc.index_in(ids, value_set=candidates["candidate_id"].combine_chunks())
+        return [""], np.zeros(kept.num_rows, np.int64), np.ones(len(cats), np.int64)
+    at = pc.index_in(kept["winner_id"], value_set=candidates["candidate_id"].combine_chunks())
     if at.null_count:
-        missing = ids.filter(pc.is_null(at))[0]
-        raise ValueError(f"candidate {missing} of the pairs table is not in the candidates table")
+        missing = kept["winner_id"].filter(pc.is_null(at))[0]
+        raise ValueError(f"winner candidate {missing} of the pairs table is not in the candidates table")
     enc = pc.dictionary_encode(candidates["generator"].combine_chunks())
-    codes = enc.indices.to_numpy(zero_copy_only=False)[at.to_numpy()]
-    return enc.dictionary.to_pylist(), codes[: kept.num_rows], codes[kept.num_rows :]
+    gen = enc.indices.to_numpy(zero_copy_only=False)
+    names = enc.dictionary.to_pylist()
+    serving = np.ones(len(cats), np.int64)
+    if "category" in candidates.column_names:  # generators with a candidate in the category
+        cat = pc.index_in(candidates["category"], value_set=pa.array(cats, pa.string())).fill_null(len(cats))
+        combos = np.unique(cat.to_numpy(zero_copy_only=False).astype(np.int64) * len(names) + gen)
+        serving = np.maximum(np.bincount(combos // len(names), minlength=len(cats) + 1)[: len(cats)], 1)
+    return names, gen[at.to_numpy()], serving
 
 
 def select_pairs(
@@ -102,7 +114,7 @@ def select_pairs(
     candidates: pa.Table | None = None,
 ) -> Selection:
     """`judged`: the VLM's (judgements, keeps) tables when a rater is configured; its drops keep their reason.
-    `candidates` (candidate_id, generator): needed for the generator cap and the per-generator report."""
+    `candidates` (candidate_id, generator, category): for the generator cap and the per-generator report."""
     scorers = cfg.scorer_names
     share = cfg.selection.max_winner_generator_share
     if share is not None and candidates is None:
@@ -126,7 +138,7 @@ def select_pairs(
         alive &= ok
         jat = pc.index_in(kt["pair_id"], value_set=judgements["pair_id"].combine_chunks())
         p_vlm = judgements["p_winner"].combine_chunks().take(jat).to_numpy(zero_copy_only=False).astype(np.float64)
-    names, wgen, lgen = _generator_codes(kt, candidates)
+    names, wgen, serving = _generator_codes(kt, candidates, cats)
     n_gen = len(names)
 
     # strength: more agreeing reward models, then a surer VLM, then the pair id (a fair pseudo-random tie-break)
@@ -136,17 +148,18 @@ def select_pairs(
     prompt_code = pc.dictionary_encode(kt["prompt_id"].combine_chunks()).indices.to_numpy()
     cat_code = pc.index_in(kt["category"], value_set=pa.array(cats, pa.string())).to_numpy()
     rows = np.flatnonzero(alive)
-    strength = rows[np.lexsort((pid_key[rows], -surer[rows], -agree[rows]))]
+    strength = rows[np.argsort(pid_key[rows], kind="stable")]
+    if judged is not None:
+        strength = strength[np.argsort(-surer[strength], kind="stable")]
+    strength = _then_by(strength, agree.max(initial=0) - agree)
     prompt_rank = _rank_within(prompt_code, strength)
     reason = np.zeros(n, np.int8)  # index into _SELECT_REASONS; 0: selected or refused by the VLM
     reason[alive & (prompt_rank >= cfg.pairing.max_pairs_per_prompt)] = 1
 
     # priority inside a category: every prompt's best pair before any prompt's second (prompt diversity)
-    live = np.flatnonzero(alive & (reason == 0))
-    prio = live[np.lexsort((pid_key[live], -surer[live], -agree[live], prompt_rank[live], cat_code[live]))]
+    prio = strength[reason[strength] == 0]
+    prio = _then_by(_then_by(prio, prompt_rank), cat_code)
     gen_rank = _rank_within(cat_code * n_gen + wgen, prio)
-    both = np.unique(np.r_[cat_code[rows] * n_gen + wgen[rows], cat_code[rows] * n_gen + lgen[rows]])
-    serving = np.bincount(both // n_gen, minlength=len(cats))  # generators with a candidate in the category's pairs
     take = np.zeros(n, bool)
     for ci, cat in enumerate(cats):
         mine = prio[cat_code[prio] == ci]
