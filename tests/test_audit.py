@@ -80,6 +80,8 @@ def test_report_is_self_contained_and_escaped(audited):
     assert html.count("data:image/png;base64,") >= 3  # agreement bars, heatmap, conflict kinds
     assert html.count('class="pair"') == 6 and "data:image/jpeg;base64," in html
     assert "Pairwise agreement between reward models" in html
+    assert html.count("<td class=\"l\">train-0.parquet</td>") == len(PLANTED)  # the skipped rows, with reasons
+    assert "image 1: image refused before decoding: Image size (3600000000 pixels)" in html
 
 
 def _chromium() -> str:
@@ -127,7 +129,7 @@ def test_killed_audit_resumes_to_the_same_summary(audited, vipo_cache, tmp_path)
     data, full = audited
     out = tmp_path / "out"
     shutil.copytree(full.out_dir / "scores", out / "scores")
-    parts = sorted((out / "scores").glob("part-*.parquet"))
+    parts = sorted((out / "scores").rglob("part-*.parquet"))
     assert len(parts) == 3  # one part file per unit, each landed whole by atomic rename
     for p in parts[1:]:  # killed after its first unit had landed
         p.unlink()

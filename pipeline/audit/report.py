@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -141,7 +142,7 @@ def _example(ex: dict[str, Any], models: list[str]) -> str:
             f'<p class="cap">{_esc(ex.get("caption"))}</p><div class="imgs">{"".join(figs)}{scores}</div></div>')
 
 
-def render_report(summary: dict[str, Any], examples: list[dict[str, Any]]) -> str:
+def render_report(summary: dict[str, Any], examples: list[dict[str, Any]], skipped: Sequence[dict[str, Any]] = ()) -> str:
     """The HTML text of report.html."""
     models = summary["reward_models"]
     figs = _figures(summary)
@@ -190,5 +191,8 @@ def render_report(summary: dict[str, Any], examples: list[dict[str, Any]]) -> st
         parts += [f"<h2>Example conflicting pairs ({len(examples)})</h2>",
                   "<p>Green outline: the image the human preferred. Red: a model voting against the label.</p>"]
         parts += [_example(ex, models) for ex in examples]
+    if skipped:
+        parts += [f"<h2>Skipped rows (first {len(skipped)})</h2>",
+                  _table(["file", "row", "reason", "detail"], [[r["file"], r["row"], r["reason"], r["detail"]] for r in skipped], left=4)]
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -7,6 +7,7 @@ a rerun (after a kill, or with a larger --limit) scores only the units not there
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from pipeline.ray_runtime import init_ray
 from pipeline.report import NullReporter, Reporter, StageSummary
 from pipeline.stage import run_stage
 from pipeline.store import PartStore, write_bytes
-from schemas.audit import AuditConfig, audit_scores_schema
+from schemas.audit import SCORED, AuditConfig, audit_scores_schema
 
 
 @dataclass
@@ -38,6 +39,13 @@ class AuditResult:
     @property
     def report(self) -> Path:
         return self.out_dir / "report.html"
+
+
+def scores_folder(out: Path, cfg: AuditConfig) -> Path:
+    """Where the score table of `cfg` lives: keyed by what changes a score (models, max_pixels), so a
+    rerun with other reward models starts afresh instead of mixing tables."""
+    key = json.dumps([[r.model_dump(mode="json") for r in cfg.reward_models], cfg.max_pixels], sort_keys=True)
+    return out / "scores" / hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def _done_units(store: PartStore) -> set[str]:
@@ -78,7 +86,7 @@ def run_audit(data: str | Path, out: str | Path, cfg: AuditConfig, limit: int | 
     units = plan_units(sources, cfg.unit_rows, limit)
     scorers = cfg.scorer_names
     schema = audit_scores_schema(scorers)
-    store = PartStore(out / "scores", schema, "row_id")
+    store = PartStore(scores_folder(out, cfg), schema, "row_id")
     result = AuditResult(out, {})
 
     t0 = time.perf_counter()
@@ -120,7 +128,10 @@ def run_audit(data: str | Path, out: str | Path, cfg: AuditConfig, limit: int | 
                "limit": limit, **summary, "exports": exports,
                "config": cfg.model_dump(mode="json", exclude={"ray", "cache_dir"})}
     write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
-    html = render_report(summary, _examples(sources, classified, scorers, cfg))
+    skipped = df[df["status"] != SCORED].sort_values("row_id").head(50)
+    skipped_rows = [{"file": Path(sources[int(r["source"])].path).name, "row": int(r["row"]), "reason": r["status"],
+                     "detail": r["detail"]} for r in skipped.to_dict("records")]
+    html = render_report(summary, _examples(sources, classified, scorers, cfg), skipped_rows)
     write_bytes(out / "report.html", html.encode("utf-8"))
     export_summary = StageSummary("export", n_in=summary["pairs_scored"], n_out=exports["consistent"],
                                   seconds=time.perf_counter() - t1,
