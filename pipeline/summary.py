@@ -9,6 +9,8 @@ import pyarrow.parquet as pq
 
 from schemas.shard import MANIFEST_NAME
 
+_COLUMNS = ("category", "winner_generator", "loser_generator", "agree", "n_scorers")  # what is counted, of each sidecar
+
 
 def summarise(root: str | Path) -> dict[str, dict]:
     """Per modality: samples, shards, and counts by category, winner/loser generator and agreement."""
@@ -21,7 +23,7 @@ def summarise(root: str | Path) -> dict[str, dict]:
         gens: Counter[str] = Counter()
         agree: Counter[str] = Counter()
         for shard in manifest["shards"]:
-            side = pq.read_table(manifest_path.parent / shard["sidecar"]).to_pandas()
+            side = pq.read_table(manifest_path.parent / shard["sidecar"], columns=list(_COLUMNS)).to_pandas()
             cats.update(side["category"])
             gens.update(side["winner_generator"] + " > " + side["loser_generator"])
             agree.update(f"{a}/{n}" for a, n in zip(side["agree"], side["n_scorers"]))

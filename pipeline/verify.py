@@ -7,7 +7,7 @@ from elsewhere.
 
 Balance is checked against the build's config.yaml when the folder keeps it: every category within its
 quota, and, when `selection.max_winner_generator_share` is set, no generator winning more than
-floor(share * n) of a category's n pairs (the select stage's hard cap).
+floor(max(share, 1/k) * n) of a category's n pairs, k the generators its pairs show (`cap_problems`).
 
 Two entry points: `verify_dataset(root)` lists problems (empty: sound), `balance_report(root)` lists
 `warning:` lines that are not problems (a category short of its quota).
@@ -51,6 +51,8 @@ COUNTED = {
     "winner_generators_by_category": (("category", "winner_generator"), lambda meta: (meta.get("category"), _winner_generator(meta))),
 }
 OPTIONAL = frozenset({"winner_generators_by_category"})  # manifests written before it was added lack it
+# Samples per "category/generator" over both sides of each pair: which generators a category's pairs show.
+SEEN = "generators_seen"
 
 
 def _count_key(values: tuple) -> str | None:
@@ -252,7 +254,7 @@ def _check_folder(folder: Path, modality: str) -> tuple[list[str], dict[str, Cou
     """Problems of one shard folder, and its counts per COUNTED field (from the samples' json)."""
     where = str(folder)
     manifest_path = folder / MANIFEST_NAME
-    held = {field: Counter() for field in COUNTED}
+    held = {field: Counter() for field in (*COUNTED, SEEN)}
     manifest, problems = _load_manifest(folder)
     if manifest is None:
         return problems, held
@@ -290,6 +292,11 @@ def _check_folder(folder: Path, modality: str) -> tuple[list[str], dict[str, Cou
                     held[field][value] += 1
             cat = meta.get("category")
             order.append(cat if isinstance(cat, str) else None)
+            for side in ("winner", "loser"):
+                rec = meta.get(side)
+                value = _count_key((cat, rec.get("generator") if isinstance(rec, dict) else None))
+                if value is not None:
+                    held[SEEN][value] += 1
         total += len(samples)
         if len(samples) != shard.get("samples"):
             problems.append(f"{tar_path}: {len(samples)} samples, {MANIFEST_NAME} says {shard.get('samples')}")
@@ -374,19 +381,29 @@ def _cap(config_path: Path, data: dict) -> tuple[float | None, list[str]]:
     return float(share), []
 
 
-def cap_problems(config_path: Path, share: float, by_category: Counter) -> list[str]:
-    """Generators winning more than floor(share * n) of a category's n pairs; `by_category` counts
-    "category/generator" keys (the json's, via `_check_folder`)."""
-    totals: Counter = Counter()
+def cap_problems(config_path: Path, share: float, by_category: Counter, seen: Counter) -> list[str]:
+    """Generators winning more than floor(s * n) of a category's n pairs, s = max(share, 1/k) with k the
+    generators its pairs show (winners or losers). `by_category` counts winners, `seen` both sides, keyed
+    "category/generator" (the json's, via `_check_folder`).
+
+    The select stage raises the cap to 1/k for k generators *serving* the category (a single-generator
+    category is not capped); the generators a category's pairs show are at most those, so this cap is
+    never stricter than select's and a sound build never trips it."""
+    totals, serving = Counter(), Counter()
     for key, n in by_category.items():
         totals[key.partition("/")[0]] += n
+    for key in seen:
+        serving[key.partition("/")[0]] += 1
     bad = []
     for key, won in sorted(by_category.items()):
         cat, _, gen = key.partition("/")
-        allowed = math.floor(share * totals[cat] + CAP_SLACK)
+        k = max(serving[cat], 1)
+        cat_share = max(share, 1.0 / k)
+        allowed = math.floor(cat_share * totals[cat] + CAP_SLACK)
         if won > allowed:
+            raised = f" (1/{k} for the {k} generators in its pairs)" if cat_share > share else ""
             bad.append(
-                f"{config_path}: selection: max_winner_generator_share {share:g}: {gen} won {won} of the "
+                f"{config_path}: selection: max_winner_generator_share {share:g}{raised}: {gen} won {won} of the "
                 f"{totals[cat]} {cat} pairs, at most {allowed} allowed"
             )
     return bad
@@ -401,7 +418,7 @@ def _balance(config_path: Path, counts: dict[str, Counter]) -> tuple[list[str], 
     share, cap_bad = _cap(config_path, data)
     problems += quota_problems + cap_bad
     if share is not None:
-        problems += cap_problems(config_path, share, counts["winner_generators_by_category"])
+        problems += cap_problems(config_path, share, counts["winner_generators_by_category"], counts.get(SEEN, Counter()))
     by_cat = counts["categories"]
     warnings = []
     for cat in sorted(set(by_cat) - set(quotas)):
@@ -424,11 +441,11 @@ def verify_dataset(root: str | Path) -> list[str]:
     if not folders:
         return [f"{root}: no shards/image or shards/video folder"]
     problems: list[str] = []
-    counts = {field: Counter() for field in COUNTED}
+    counts = {field: Counter() for field in (*COUNTED, SEEN)}
     for folder in folders:
         found, held = _check_folder(folder, folder.name)
         problems += found
-        for field in COUNTED:
+        for field in counts:
             counts[field] += held[field]
     problems += _balance(config_path, counts)[0]
     return problems

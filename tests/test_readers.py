@@ -148,3 +148,17 @@ def test_every_sample_json_has_the_same_keys(build_dir):
         urls = sorted(str(p) for p in _folder(build_dir, modality).glob("*.tar"))
         shapes = {json.dumps(shape(s["json"])) for s in wds.WebDataset(urls, shardshuffle=False).decode()}
         assert len(shapes) == 1, shapes
+
+
+def test_inspect_summary_matches_the_manifests(build_dir):
+    """`vipo inspect` counts from the sidecars alone; they must agree with what the manifests list."""
+    from pipeline.summary import summarise
+
+    report = summarise(build_dir)
+    assert set(report) == set(MODALITIES)
+    for modality, info in report.items():
+        manifest = _manifest(build_dir, modality)
+        assert info["samples"] == manifest["num_samples"] and info["shards"] == len(manifest["shards"])
+        assert info["categories"] == manifest["categories"]
+        assert sum(info["generator_pairs"].values()) == manifest["num_samples"]
+        assert {f"{k}/5": v for k, v in manifest["agreement"].items()} == info["agreement"]  # "agree/n_scorers", 5 models

@@ -120,16 +120,40 @@ def _set_cap(root: Path, share) -> Path:
     return path
 
 
-def test_a_generator_over_the_cap_is_a_problem(copy):
-    """Each category of the small build has one generator, winning all 2 of its pairs."""
-    config = _set_cap(copy, 0.5)
-    assert verify_dataset(copy) == [
-        f"{config}: selection: max_winner_generator_share 0.5: tiny-sd15 won 2 of the 2 aesthetics pairs, at most 1 allowed",
-        f"{config}: selection: max_winner_generator_share 0.5: tiny-wan21 won 2 of the 2 motion_quality pairs, at most 1 allowed",
-    ]
-    proc = _cli_verify(copy)
-    assert proc.returncode == 1 and "tiny-wan21 won 2 of the 2 motion_quality pairs" in proc.stdout
-    assert balance_report(copy) == []  # a cap breach is a problem, never only a warning
+def test_a_single_generator_category_is_not_capped(copy):
+    """Each category of the small build has one generator, winning all its pairs: 1/1 is its cap."""
+    _set_cap(copy, 0.5)
+    assert verify_dataset(copy) == []
+
+
+def _capped_folder(build_dir: Path, root: Path, share, winners: list[str], losers: list[str]) -> Path:
+    """A folder of len(winners) aesthetics pairs and a config.yaml with the cap `share`."""
+    _write_folder(root / "shards" / "image", _template(build_dir), ["aesthetics"] * len(winners), winners=winners, losers=losers)
+    config = root / "config.yaml"
+    config.write_text(yaml.safe_dump({"categories": {"aesthetics": {"quota": len(winners), "prompts": 4}},
+                                      "selection": {"max_winner_generator_share": share}}))
+    return config
+
+
+def test_a_generator_over_the_cap_is_a_problem(build_dir, tmp_path):
+    winners, losers = ["sd15"] * 6 + ["sdxl"] * 2, ["sdxl"] * 6 + ["sd15"] * 2
+    config = _capped_folder(build_dir, tmp_path / "a", 0.5, winners, losers)
+    assert verify_dataset(tmp_path / "a") == [
+        f"{config}: selection: max_winner_generator_share 0.5: sd15 won 6 of the 8 aesthetics pairs, at most 4 allowed"]
+    proc = _cli_verify(tmp_path / "a")
+    assert proc.returncode == 1 and "sd15 won 6 of the 8 aesthetics pairs" in proc.stdout
+    assert balance_report(tmp_path / "a") == []  # a cap breach is a problem, never only a warning
+    # a share below 1/k is raised to 1/k for the k generators a category's pairs show, as select does
+    config = _capped_folder(build_dir, tmp_path / "b", 0.3, winners, losers)
+    assert verify_dataset(tmp_path / "b") == [
+        (f"{config}: selection: max_winner_generator_share 0.3 (1/2 for the 2 generators in its pairs): sd15 won 6 of "
+         "the 8 aesthetics pairs, at most 4 allowed")]
+    _capped_folder(build_dir, tmp_path / "c", 0.75, winners, losers)  # floor(0.75 * 8) = 6
+    assert verify_dataset(tmp_path / "c") == []
+    # three generators in the pairs (flux-dev only ever loses): the cap stays 0.4, floor(0.4 * 8) = 3
+    config = _capped_folder(build_dir, tmp_path / "d", 0.4, ["sd15"] * 3 + ["sdxl"] * 5, ["flux-dev"] * 8)
+    assert verify_dataset(tmp_path / "d") == [
+        f"{config}: selection: max_winner_generator_share 0.4: sdxl won 5 of the 8 aesthetics pairs, at most 3 allowed"]
 
 
 @pytest.mark.parametrize("share", [1.0, 1, None])
@@ -242,22 +266,27 @@ def test_a_manifest_naming_a_file_outside_its_folder_is_refused(copy):
 # image samples: same media, new keys and categories, written with their own sidecars and manifest.
 
 
-def _write_folder(folder: Path, template: dict[str, bytes], categories: list[str], per_shard: int = 4) -> None:
+def _write_folder(folder: Path, template: dict[str, bytes], categories: list[str], per_shard: int = 4,
+                  winners: list[str] | None = None, losers: list[str] | None = None) -> None:
+    """Sample i of `categories[i]`, won by `winners[i]` over `losers[i]` (default: the template's generators)."""
     folder.mkdir(parents=True)
     base = json.loads(template["json"])
+    winners = winners or [base["winner"]["generator"]] * len(categories)
+    losers = losers or [base["loser"]["generator"]] * len(categories)
     shards = []
     for index, start in enumerate(range(0, len(categories), per_shard)):
         rows, buf = [], io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             for i in range(start, min(start + per_shard, len(categories))):
                 key = f"{i:016x}"
-                meta = {**base, "pair_id": key, "category": categories[i]}
+                meta = {**base, "pair_id": key, "category": categories[i],
+                        "winner": {**base["winner"], "generator": winners[i]}, "loser": {**base["loser"], "generator": losers[i]}}
                 members = {**template, "json": json.dumps(meta, sort_keys=True).encode()}
                 for suffix in sorted(members):
                     info = tarfile.TarInfo(f"{key}.{suffix}")
                     info.size = len(members[suffix])
                     tar.addfile(info, io.BytesIO(members[suffix]))
-                rows.append({"pair_id": key, "category": categories[i], "winner_generator": base["winner"]["generator"],
+                rows.append({"pair_id": key, "category": categories[i], "winner_generator": winners[i],
                              "agree": base["agreement"]["agree"]})
         name, sidecar = f"train-{index:06d}.tar", f"train-{index:06d}.parquet"
         (folder / name).write_bytes(buf.getvalue())
@@ -268,7 +297,7 @@ def _write_folder(folder: Path, template: dict[str, bytes], categories: list[str
         "members": ["json", "txt", "win.jpg", "lose.jpg"],
         "num_samples": len(categories),
         "categories": dict(Counter(categories)),
-        "winner_generators": {base["winner"]["generator"]: len(categories)},
+        "winner_generators": dict(Counter(winners)),
         "agreement": {str(base["agreement"]["agree"]): len(categories)},
         "shards": shards,
     }
