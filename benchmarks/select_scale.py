@@ -1,10 +1,11 @@
 """Selection at scale, and shard-writing throughput.
 
-1. Seconds from scored candidates to selected pairs (pHash join from candidates + `form_pairs` + `select_pairs`)
+1. Seconds from scored candidates to selected pairs (`attach_phash` + `form_pairs` + `select_pairs`)
    on synthetic rows shaped like a real build: 8 categories, prompt groups of 6-10 candidates (mean 8),
    3 generators (one better than the others, so the generator cap has work), 5 correlated reward models,
    the paper's rule (all five agree, min margin 0.1), 3% near-duplicate candidates. Each size runs in its
-   own process so its peak RSS is its own. Prints both times and their ratio (linear growth: ~10).
+   own process so its peak RSS is its own. Prints both times and their ratio (linear growth: ~10), CPU
+   time beside wall time: on a shared machine the wall clock also measures the neighbours.
 2. `pipeline.write.write_shards` (Ray tasks, reproducible tars, sidecars, manifest) against plain `tarfile`
    writing the same members to the same number of tars, on small jpgs. Prints MB/s of both and the ratio.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -30,7 +32,7 @@ import pyarrow as pa
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.pair import form_pairs
+from pipeline.pair import attach_phash, form_pairs
 from pipeline.select import select_pairs
 from schemas.categories import CATEGORIES, modality_of
 from schemas.config import parse_config
@@ -111,8 +113,9 @@ def run_select(n_rows: int) -> dict:
     scores, candidates, prompts = synthetic(n_rows)
     cfg = config(n_rows)
     p = cfg.pairing
+    c0 = time.process_time()
     t0 = time.perf_counter()
-    joined = scores.join(candidates.select(["candidate_id", "phash"]), "candidate_id", join_type="left outer")
+    joined = attach_phash(scores, candidates)
     t_join = time.perf_counter()
     del scores  # the build reads scores, joins, and lets go of the unjoined table too
     candidates = candidates.select(["candidate_id", "generator", "category"])
@@ -122,9 +125,10 @@ def run_select(n_rows: int) -> dict:
     del joined
     sel = select_pairs(pairs, prompts, cfg, candidates=candidates)
     t1 = time.perf_counter()
+    cpu = time.process_time() - c0
     shares = [max(r["winner_generators"].values(), default=0) / max(r["selected"], 1) for r in sel.report.values()]
     return {
-        "rows": n_rows, "seconds": t1 - t0, "join_s": t_join - t0, "pairs_s": t_pairs - t_join, "select_s": t1 - t_pairs,
+        "rows": n_rows, "seconds": t1 - t0, "cpu_s": cpu, "load": os.getloadavg()[0], "join_s": t_join - t0, "pairs_s": t_pairs - t_join, "select_s": t1 - t_pairs,
         "pairs": pairs.num_rows, "kept": int(pairs["kept"].to_numpy(zero_copy_only=False).sum()),
         "selected": sel.selected.num_rows, "quota_total": sum(q.quota for q in cfg.categories.values()),
         "max_generator_share": max(shares),
@@ -218,12 +222,14 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, "--worker", str(n)], check=True, capture_output=True, text=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(r)
-        print(f"select {r['rows']:>11,} rows: {r['seconds']:7.2f} s (join {r['join_s']:.2f}, pairs {r['pairs_s']:.2f}, "
+        print(f"select {r['rows']:>11,} rows: {r['seconds']:7.2f} s wall, {r['cpu_s']:7.2f} s CPU, load {r['load']:.1f} "
+              f"(join {r['join_s']:.2f}, pairs {r['pairs_s']:.2f}, "
               f"select {r['select_s']:.2f}); {r['pairs']:,} pairs, {r['kept']:,} consistent, {r['selected']:,}/"
               f"{r['quota_total']:,} selected, top generator share {r['max_generator_share']:.3f}, "
               f"peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
     a, b = results
-    print(f"ratio {b['rows'] // a['rows']}x rows -> {b['seconds'] / a['seconds']:.2f}x time "
+    print(f"ratio {b['rows'] // a['rows']}x rows -> {b['seconds'] / a['seconds']:.2f}x wall time, "
+          f"{b['cpu_s'] / a['cpu_s']:.2f}x CPU time "
           f"({b['rows'] / b['seconds'] / 1e6:.2f} M rows/s at {b['rows']:,})")
     if args.pairs:
         s = run_shards(args.pairs)

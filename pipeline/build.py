@@ -19,7 +19,7 @@ import yaml
 from pipeline import models
 from pipeline.card import write_card
 from pipeline.generate import GenerateStage, plan_candidates
-from pipeline.pair import PairRules, form_pairs_for_group, form_pairs_ray
+from pipeline.pair import PairRules, attach_phash, form_pairs_for_group, form_pairs_ray
 from pipeline.prompts import capacity, library_prompts, load_prompt_files
 from pipeline.ray_runtime import init_ray
 from pipeline.report import NullReporter, Reporter, StageSummary
@@ -253,8 +253,7 @@ class Build:
         pcfg = self.cfg.pairing
         scores = read_table(_need(self.paths.scores, "pair", "score"), scores_schema(self.score_cols))
         if pcfg.near_duplicate_bits is not None:  # the pHash was computed at generate time, once per candidate
-            hashes = PartStore(self.paths.candidates, CANDIDATES, "candidate_id").read().select(["candidate_id", "phash"])
-            scores = scores.join(hashes, "candidate_id", join_type="left outer")
+            scores = attach_phash(scores, PartStore(self.paths.candidates, CANDIDATES, "candidate_id").read())
         self.reporter.start("pair", scores.num_rows)
         rules = PairRules(self.cfg.quorum, pcfg.min_margin, pcfg.max_margin, pcfg.near_duplicate_bits)
         use_ray = pcfg.engine == "ray" or (pcfg.engine == "auto" and scores.num_rows >= pcfg.ray_min_rows)

@@ -112,6 +112,24 @@ def _index_pairs(group_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a[order], b[order]
 
 
+def attach_phash(scores: pa.Table, candidates: pa.Table) -> pa.Table:
+    """`scores` with the candidates' `phash` column (null where a candidate has none).
+
+    Hex ids are matched as uint64 keys with a sorted search, which at 10M rows is several times faster
+    than a hash join on the strings; other ids fall back to Arrow's join.
+    """
+    sk, sv = hex_words(scores["candidate_id"], 1)
+    ck, cv = hex_words(candidates["candidate_id"], 1)
+    if not (sv.all() and cv.all()):
+        return scores.join(candidates.select(["candidate_id", "phash"]), "candidate_id", join_type="left outer")
+    order = np.argsort(ck[:, 0], kind="stable")
+    keys = ck[order, 0]
+    at = np.minimum(np.searchsorted(keys, sk[:, 0]), max(len(keys) - 1, 0))
+    found = keys[at] == sk[:, 0] if len(keys) else np.zeros(len(sk), bool)
+    phash = candidates["phash"].combine_chunks().take(pa.array(order[at], mask=~found))
+    return scores.append_column("phash", phash)
+
+
 def _group_order(t: pa.Table) -> np.ndarray:
     """Row order by (prompt_id, candidate_id): integer sorts when the ids are hex (always, in a build)."""
     pk, pv = hex_words(t["prompt_id"], 1)

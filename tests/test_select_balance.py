@@ -11,6 +11,7 @@ from pipeline.pair import (
     NEAR_DUPLICATE,
     TOO_EASY,
     PairRules,
+    attach_phash,
     form_pairs,
     form_pairs_ray,
     pair_ids,
@@ -171,6 +172,15 @@ def test_too_easy_and_near_duplicate_rules():
     assert dup[("c", "a")]["kept"] and dup[("c", "b")]["kept"]
     assert by_pair(form_pairs(with_hash, RM, 5, near_duplicate_bits=2))[("b", "a")]["kept"]
     assert by_pair(form_pairs(with_hash, RM, 5))[("b", "a")]["kept"]  # rule off
+
+
+def test_attach_phash_matches_a_join():
+    scores, cands, _ = _scored_set(n_prompts=3, group=4)
+    cands = cands.slice(1)  # one scored candidate has no candidates row: its hash is null
+    got = attach_phash(scores, cands)
+    want = scores.join(cands.select(["candidate_id", "phash"]), "candidate_id", join_type="left outer")
+    assert got.sort_by("candidate_id").equals(want.sort_by("candidate_id"))
+    assert got["phash"].null_count == 1 and got.num_rows == scores.num_rows
 
 
 def test_vectorised_pair_ids_match_the_contract():
