@@ -120,8 +120,9 @@ def plot_scores(title: str, scores: dict[str, tuple[np.ndarray, np.ndarray]]) ->
         fig, axes = _canvas(nrows, ncols, 4.0 * ncols, 2.8 * nrows + 0.5)
         for ax, (col, (win, lose)) in zip(axes.flat, scores.items()):
             bins = _bins(win, lose)
-            ax.hist(win, bins=bins, histtype="step", linewidth=1.6, color=_WIN, label=f"winner (n={len(win)})")
-            ax.hist(lose, bins=bins, histtype="step", linewidth=1.6, color=_LOSE, label=f"loser (n={len(lose)})")
+            # winners filled, losers outlined: both stay visible where they share bins
+            ax.hist(win, bins=bins, color=_WIN, alpha=0.45, label=f"winner (n={len(win)})")
+            ax.hist(lose, bins=bins, histtype="step", linewidth=1.8, color=_LOSE, label=f"loser (n={len(lose)})")
             ax.set_title(col)
             ax.set_ylabel("pairs")
             ax.legend(fontsize="small")
@@ -137,7 +138,7 @@ def plot_margins(title: str, margins: dict[str, np.ndarray]) -> bytes:
     with _style():
         fig, axes = _canvas(nrows, ncols, 4.0 * ncols, 2.8 * nrows + 0.5)
         for ax, (scorer, values) in zip(axes.flat, margins.items()):
-            ax.hist(values, bins=_bins(values), color="#3b6ea5")
+            ax.hist(values, bins=_bins(values, np.zeros(1)), color="#3b6ea5")  # the range includes 0, marked
             ax.axvline(0.0, color="black", linewidth=0.8)
             ax.set_title(f"{scorer} (n={len(values)})")
             ax.set_ylabel("pairs")
