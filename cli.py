@@ -162,5 +162,42 @@ def audit(
                   f"conflicting.parquet ({s['exports']['conflicting']} rows)", highlight=False)
 
 
+class _TrainReporter(RichReporter):
+    """The stage bar, with the latest loss / implicit accuracy / p in its description."""
+
+    def metrics(self, row: dict) -> None:
+        if self.task is not None and "implicit_acc" in row:
+            text = f"train loss {row['loss']:.4f} acc {row['implicit_acc']:.2f} p {row['p_mean']:.2f}"
+        elif self.task is not None:
+            text = f"sft loss {row['loss']:.4f}"
+        else:
+            return
+        self.progress.update(self.task, description=text)
+
+
+@app.command()
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="Train config (YAML), e.g. configs/train-demo.yaml."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder; overrides the config's output_dir."),
+) -> None:
+    """Fine-tune a diffusion model with Poly-DPO on preference pairs (resumes from the latest checkpoint)."""
+    from schemas.config import ConfigError
+    from schemas.train_config import load_train_config
+    from trainer.loop import train as run_training
+
+    try:
+        cfg = load_train_config(config, {"output_dir": str(out)} if out is not None else None)
+    except ConfigError as err:
+        _fail(str(err))
+    columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        try:
+            result = run_training(cfg, reporter=_TrainReporter(progress))
+        except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as err:
+            _fail(str(err))
+    console.print(f"\n[bold green]done[/] {result.steps} steps; metrics: {result.metrics_csv}; weights: {result.final_dir}",
+                  highlight=False)
+
+
 if __name__ == "__main__":
     sys.exit(app())

@@ -134,7 +134,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, vipo_cache):
     with pytest.raises(Kill):
         train(cfg, KillAt(5), loader=ColourPairs(100, 2, seed=5))  # dies after step 5; last checkpoint: step 4
     ckpts = sorted(p.name for p in (tmp_path / "killed" / "checkpoints").iterdir())
-    assert ckpts == ["step-00000002", "step-00000004"]
+    assert ckpts == ["step-00000002", "step-00000004"]  # atomic: no half-written step-6
     assert len(_rows(tmp_path / "killed" / "metrics.csv")) == 5
     loader = ColourPairs(100, 2, seed=5)
     resumed = train(cfg, loader=loader)
@@ -145,6 +145,8 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tmp_path, vipo_cache):
     b = load_file(str(resumed.final_dir / "pytorch_lora_weights.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _rows(full.metrics_csv) == _rows(resumed.metrics_csv)
+    again = train(cfg, loader=ColourPairs(100, 2, seed=5))  # a finished run restarts as finished
+    assert again.resumed_from == 6 and again.steps == 6 and len(_rows(again.metrics_csv)) == 6
 
 
 def test_sft_then_dpo_and_full_weights_export(tmp_path, vipo_cache):

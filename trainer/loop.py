@@ -262,7 +262,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, loader: Iterabl
                     accelerator.log({k: v for k, v in last.items() if isinstance(v, float)}, step=step)
                 if hasattr(reporter, "metrics"):
                     reporter.metrics(last)
-            if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:  # a finished run resumes as finished
                 state = data.state_dict() if hasattr(data, "state_dict") else None
                 save_checkpoint(accelerator, ckpt_root, step, state, cfg.keep_checkpoints)
             reporter.advance(1)
