@@ -25,7 +25,7 @@ from schemas.tables import REWARD_MODEL_NAMES
 #: Row status of a scored pair; every other status is a skip reason.
 SCORED = "scored"
 #: Skip reasons, in the order the checks run on a row.
-SKIP_REASONS: tuple[str, ...] = ("missing_field", "bad_label", "tie_label", "image_too_large", "corrupt_image", "unsupported_media")
+SKIP_REASONS: tuple[str, ...] = ("missing_field", "bad_label", "tie_label", "image_too_large", "corrupt_image")
 
 
 class AuditConfig(_Strict):
@@ -46,6 +46,10 @@ class AuditConfig(_Strict):
     )
     max_pixels: int = Field(
         64_000_000, ge=1, description="Images whose header claims more pixels are skipped undecoded (image_too_large)."
+    )
+    video_frames: int = Field(4, ge=1, description="Frames sampled per video of a video shard; its score is the frames' mean.")
+    max_video_frames: int = Field(
+        2000, ge=1, description="Videos whose container claims more frames are skipped undecoded (image_too_large)."
     )
     examples: int = Field(12, ge=0, description="Conflicting pairs shown side by side in report.html.")
     thumbnail_px: int = Field(192, ge=16, description="Longest side of the report's example thumbnails.")

@@ -45,8 +45,7 @@ def test_counts_are_exact(audited):
     _, result = audited
     s = result.summary
     expected = {r: sum(v == r for v in PLANTED.values()) for r in SKIP_REASONS}
-    assert expected == {"missing_field": 2, "bad_label": 1, "tie_label": 2, "image_too_large": 1, "corrupt_image": 2,
-                        "unsupported_media": 0}
+    assert expected == {"missing_field": 2, "bad_label": 1, "tie_label": 2, "image_too_large": 1, "corrupt_image": 2}
     assert s["skipped"] == expected
     assert (s["pairs_read"], s["pairs_scored"], s["pairs_skipped"]) == (ROWS, ROWS - 8, 8)
     assert result.units_run == 3
@@ -167,33 +166,48 @@ def test_pair_file_input(ray_session, vipo_cache, tmp_path):
     assert sorted(r["prompt"] for r in exported) == ["a cat", "a dog"]
 
 
-def _shard_folder(root) -> None:
-    folder = root / "shards" / "image"
+def _shard(folder, samples: dict[str, dict[str, bytes]], generators: tuple[str, str]) -> None:
+    """One tar + sidecar in the shard layout (docs/dataset_format.md), members in sorted order."""
     folder.mkdir(parents=True)
     buf = io.BytesIO()
-    ids = [f"{i:016x}" for i in range(3)]
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for i, key in enumerate(ids):
-            members = {"txt": f"prompt {i}".encode(), "win.jpg": encode_image(np.full((24, 24, 3), 40 * i, np.uint8)),
-                       "lose.jpg": b"broken" if i == 2 else encode_image(np.full((24, 24, 3), 200, np.uint8))}
-            for suffix, payload in members.items():
+        for key, members in samples.items():
+            for suffix, payload in sorted(members.items()):
                 info = tarfile.TarInfo(f"{key}.{suffix}")
                 info.size = len(payload)
                 tar.addfile(info, io.BytesIO(payload))
     (folder / "train-000000.tar").write_bytes(buf.getvalue())
-    pq.write_table(pa.table({"pair_id": ids, "prompt": [f"prompt {i}" for i in range(3)],
-                             "winner_generator": ["tiny-sd15"] * 3, "loser_generator": ["tiny-sdxl"] * 3}),
+    n = len(samples)
+    pq.write_table(pa.table({"pair_id": list(samples), "prompt": [members["txt"].decode() for members in samples.values()],
+                             "winner_generator": [generators[0]] * n, "loser_generator": [generators[1]] * n}),
                    folder / "train-000000.parquet")
 
 
-def test_shard_folder_input(ray_session, vipo_cache, tmp_path):
-    _shard_folder(tmp_path / "build")
+def test_shard_folder_input_images_and_videos(ray_session, vipo_cache, tmp_path):
+    from pipeline.media import encode_video
+
+    def jpg(v):
+        return encode_image(np.full((24, 24, 3), v, np.uint8))
+
+    def mp4(seed):
+        return encode_video(np.random.default_rng(seed).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8), fps=8)
+
+    root = tmp_path / "build" / "shards"
+    _shard(root / "image", {f"{i:016x}": {"txt": f"prompt {i}".encode(), "win.jpg": jpg(40 * i),
+                                           "lose.jpg": b"broken" if i == 2 else jpg(200)} for i in range(3)},
+           ("tiny-sd15", "tiny-sdxl"))
+    _shard(root / "video", {f"{i + 8:016x}": {"txt": f"clip {i}".encode(), "win.mp4": mp4(i),
+                                               "lose.mp4": b"\x00\x00\x00\x18ftypmp42 truncated" if i else mp4(9)}
+                            for i in range(2)}, ("tiny-wan21", "tiny-wan21"))
     result = run_audit(tmp_path / "build", tmp_path / "out", _cfg(vipo_cache))
     s = result.summary
-    assert s["kind"] == "shards" and (s["pairs_read"], s["pairs_scored"], s["skipped"]["corrupt_image"]) == (3, 2, 1)
-    assert set(s["by_source_model"]) == {"tiny-sd15", "tiny-sdxl"}
+    assert s["kind"] == "shards" and (s["pairs_read"], s["pairs_scored"], s["skipped"]["corrupt_image"]) == (5, 3, 2)
+    assert set(s["by_source_model"]) == {"tiny-sd15", "tiny-sdxl", "tiny-wan21"}
+    assert s["by_source_model"]["tiny-wan21"]["pairs"] == 1
     out = pq.read_table(tmp_path / "out" / "consistent.parquet")
     assert out.schema.names == ["pair_id", "prompt", "winner_generator", "loser_generator"]
+    exported = out.num_rows + pq.read_table(tmp_path / "out" / "conflicting.parquet").num_rows
+    assert exported == 3
 
 
 def test_bad_inputs_fail_with_one_line_naming_the_file(tmp_path):

@@ -10,7 +10,7 @@ from pipeline.audit.analyse import classify, conflict_kind, summarise
 from pipeline.audit.read import discover, iter_unit, plan_units
 from pipeline.audit.report import render_report
 from pipeline.audit.sample import bomb_png, write_sample
-from pipeline.audit.stage import check_row, decode_pair
+from pipeline.audit.stage import check_row, decode_pair, decode_video_pair
 from pipeline.media import encode_image
 from schemas.audit import load_audit_config, parse_audit_config
 from schemas.config import ConfigError
@@ -146,3 +146,16 @@ def test_units_are_row_ranges_inside_row_groups_and_read_streamed(tmp_path):
     assert [r["row"] for r in rows] == list(range(6, 12))
     assert [r["img_1"] for r in rows] == table["jpg_1"].to_pylist()[6:12]
     assert [r["caption"] for r in next(iter_unit(units[3], 8))] == table["caption"].to_pylist()[16:20]
+
+
+def test_decode_video_pair_probes_before_decoding():
+    from pipeline.media import encode_video
+
+    clip = encode_video(np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8), fps=8)
+    row = _row(img_0=clip, img_1=clip)
+    status, _, clips = decode_video_pair(row, 1024, 5, 3)
+    assert status == "scored" and [len(c) for c in clips] == [3, 3] and clips[0][0].size == (32, 32)
+    assert decode_video_pair(row, 1023, 5, 3)[0] == "image_too_large"  # 32x32 frames > 1023 pixels
+    status, detail, _ = decode_video_pair(row, 1024, 4, 3)
+    assert status == "image_too_large" and "5 frames" in detail
+    assert decode_video_pair(_row(img_0=clip, img_1=b"not a video"), 1024, 5, 3)[0] == "corrupt_image"

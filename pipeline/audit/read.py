@@ -259,11 +259,9 @@ def _iter_shard_unit(unit: dict[str, Any], batch_size: int) -> Iterator[list[dic
         files = media.get(r["pair_id"], {})
         win = next((v for k, v in files.items() if k.startswith("win.")), None)
         lose = next((v for k, v in files.items() if k.startswith("lose.")), None)
-        video = any(k.endswith(".mp4") for k in files)
         rows.append({"row": r["row"], "caption": r["prompt"], "img_0": win, "img_1": lose, "label_0": 1.0,
                      "model_0": r.get("winner_generator"), "model_1": r.get("loser_generator"),
-                     "error": "video pairs are not audited (image reward models only)" if video else None,
-                     "unsupported": video})
+                     "video": any(k.endswith(".mp4") for k in files)})
     for i in range(0, len(rows), batch_size):
         yield rows[i : i + batch_size]
 

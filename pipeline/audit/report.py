@@ -98,12 +98,22 @@ def _figures(summary: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def thumbnail_uri(data: bytes, px: int, max_pixels: int) -> str | None:
-    """A JPEG data URI of at most `px` on the long side, or None when the bytes do not decode."""
-    from pipeline.media import decode_image
+def thumbnail_uri(data: bytes, px: int, max_pixels: int, video: bool = False) -> str | None:
+    """A JPEG data URI of at most `px` on the long side (a video's middle frame), or None when the
+    bytes do not decode."""
+    from PIL import Image
+
+    from pipeline.media import decode_image, probe_video, read_video_frames
 
     try:
-        img = decode_image(data, max_pixels=max_pixels)
+        if video:
+            info = probe_video(data)
+            if info["width"] * info["height"] > max_pixels:
+                return None
+            frames = read_video_frames(data, 3)
+            img = Image.fromarray(frames[len(frames) // 2])
+        else:
+            img = decode_image(data, max_pixels=max_pixels)
     except Exception:  # noqa: BLE001 - an example that does not decode is shown without its image
         return None
     img.thumbnail((px, px))

@@ -42,9 +42,10 @@ class AuditResult:
 
 
 def scores_folder(out: Path, cfg: AuditConfig) -> Path:
-    """Where the score table of `cfg` lives: keyed by what changes a score (models, max_pixels), so a
-    rerun with other reward models starts afresh instead of mixing tables."""
-    key = json.dumps([[r.model_dump(mode="json") for r in cfg.reward_models], cfg.max_pixels], sort_keys=True)
+    """Where the score table of `cfg` lives: keyed by what changes a score (models, pixel and frame
+    limits, frames per video), so a rerun with other reward models starts afresh instead of mixing tables."""
+    key = json.dumps([[r.model_dump(mode="json") for r in cfg.reward_models], cfg.max_pixels, cfg.max_video_frames,
+                      cfg.video_frames], sort_keys=True)
     return out / "scores" / hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -72,7 +73,7 @@ def _examples(sources: list[Source], classified, scorers: list[str], cfg: AuditC
             ex = {**rec, "file": Path(sources[index].path).name, "caption": r.get("caption")}
             for side in (0, 1):
                 data = r.get(f"img_{side}")
-                ex[f"thumb_{side}"] = thumbnail_uri(data, cfg.thumbnail_px, cfg.max_pixels) if data else None
+                ex[f"thumb_{side}"] = thumbnail_uri(data, cfg.thumbnail_px, cfg.max_pixels, bool(r.get("video"))) if data else None
             out.append(ex)
     return sorted(out, key=lambda e: (-e["dissenters"], e["row_id"]))
 
@@ -102,6 +103,8 @@ def run_audit(data: str | Path, out: str | Path, cfg: AuditConfig, limit: int | 
             resources=cfg.resources,
             models=[(r.name, models.reward_model_path(r.name, r.model, cache), r.dtype, dict(r.options)) for r in cfg.reward_models],
             max_pixels=cfg.max_pixels,
+            max_video_frames=cfg.max_video_frames,
+            video_frames=cfg.video_frames,
         )
         for table in run_stage(stage, [[u] for u in pending]):
             store.append(table)

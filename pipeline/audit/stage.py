@@ -22,8 +22,6 @@ from schemas.pickapic import preferred_index
 def check_row(row: dict[str, Any]) -> tuple[str, str | None]:
     """(status, detail) of a raw row before decoding: missing fields, then the label (ties are
     skipped: they carry no preference to agree with)."""
-    if row.get("unsupported"):
-        return "unsupported_media", row.get("error")
     if row.get("caption") is None:
         return "missing_field", "caption is missing"
     if row.get("error"):
@@ -62,6 +60,31 @@ def decode_pair(row: dict[str, Any], max_pixels: int) -> tuple[str, str | None, 
     return SCORED, None, images
 
 
+def decode_video_pair(row: dict[str, Any], max_pixels: int, max_frames: int, frames: int) -> tuple[str, str | None, list]:
+    """Both videos of a row as `frames` sampled PIL frames each; the container header is probed
+    first (no decoding), and a frame over `max_pixels` or a clip over `max_frames` is refused."""
+    from PIL import Image
+
+    from pipeline.media import probe_video, read_video_frames
+
+    clips = []
+    for i in (0, 1):
+        data = row[f"img_{i}"]
+        try:
+            info = probe_video(data)
+        except Exception as err:  # noqa: BLE001 - PyAV raises many types on malformed containers
+            return "corrupt_image", f"video {i}: {type(err).__name__}: {err}", []
+        w, h, n = info["width"], info["height"], info["num_frames"]
+        if w * h > max_pixels or n > max_frames:
+            return "image_too_large", (f"video {i}: refused before decoding: header says {w}x{h}, {n} frames "
+                                       f"(max_pixels {max_pixels}, max_video_frames {max_frames})"), []
+        try:
+            clips.append([Image.fromarray(f) for f in read_video_frames(data, frames)])
+        except Exception as err:  # noqa: BLE001
+            return "corrupt_image", f"video {i}: {type(err).__name__}: {err}", []
+    return SCORED, None, clips
+
+
 def _label(row: dict[str, Any]) -> float | None:
     try:
         return float(row["label_0"])
@@ -79,6 +102,8 @@ class AuditScoreStage(ActorStage):
 
     models: list[tuple[str, str, str, dict]] = field(default_factory=list)  # (name, path or hub id, dtype, options)
     max_pixels: int = 64_000_000
+    max_video_frames: int = 2000
+    video_frames: int = 4
     name = "audit"
 
     def setup(self) -> None:
@@ -103,12 +128,14 @@ class AuditScoreStage(ActorStage):
     def _unit(self, unit: dict[str, Any], schema: pa.Schema) -> pa.Table:
         cols: dict[str, list] = {name: [] for name in schema.names}
         for batch in iter_unit(unit, self.resources.batch_size):
-            ok_rows, ok_images = [], []
+            ok: dict[bool, list[tuple[int, list, str]]] = {False: [], True: []}  # is video -> (row at, media, prompt)
             for row in batch:
                 status, detail = check_row(row)
-                images: list = []
-                if status == SCORED:
-                    status, detail, images = decode_pair(row, self.max_pixels)
+                media: list = []
+                if status == SCORED and row.get("video"):
+                    status, detail, media = decode_video_pair(row, self.max_pixels, self.max_video_frames, self.video_frames)
+                elif status == SCORED:
+                    status, detail, media = decode_pair(row, self.max_pixels)
                 cols["row_id"].append(f"{unit['key']}:{row['row']:010d}")
                 cols["unit_id"].append(unit["id"])
                 cols["source"].append(unit["source"])
@@ -119,27 +146,28 @@ class AuditScoreStage(ActorStage):
                 cols["model_0"].append(_text(row.get("model_0")))
                 cols["model_1"].append(_text(row.get("model_1")))
                 if status == SCORED:
-                    ok_rows.append(len(cols["row_id"]) - 1)
-                    ok_images.append((images, str(row["caption"])))
-            scores = self._score(ok_images)
+                    ok[bool(row.get("video"))].append((len(cols["row_id"]) - 1, media, str(row["caption"])))
             n_before = len(cols[f"{self.scorers[0]}_0"])
             for name in self.scorers:
                 for side in (0, 1):
-                    col = cols[f"{name}_{side}"]
-                    col.extend([None] * (len(cols["row_id"]) - n_before))
-                    for k, at in enumerate(ok_rows):
-                        col[at] = float(scores[name][side][k])
+                    cols[f"{name}_{side}"].extend([None] * (len(cols["row_id"]) - n_before))
+            for video, pairs in ok.items():
+                for name, (s0, s1) in self._score(pairs, video).items():
+                    for k, (at, _, _) in enumerate(pairs):
+                        cols[f"{name}_0"][at], cols[f"{name}_1"][at] = float(s0[k]), float(s1[k])
         return pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in schema}, schema=schema)
 
-    def _score(self, pairs: list[tuple[list, str]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per model: (scores of images 0, scores of images 1); both sides go through one call."""
+    def _score(self, pairs: list[tuple[int, list, str]], video: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per model: (scores of side 0, scores of side 1); both sides go through one call (videos
+        through `score_video`: the image reward averaged over the sampled frames)."""
         if not pairs:
-            return {name: (np.zeros(0), np.zeros(0)) for name in self.scorers}
+            return {}
         n = len(pairs)
-        images = [p[0][0] for p in pairs] + [p[0][1] for p in pairs]
-        prompts = [p[1] for p in pairs] * 2
+        media = [p[1][0] for p in pairs] + [p[1][1] for p in pairs]
+        prompts = [p[2] for p in pairs] * 2
         out = {}
         for name, model in self.loaded.items():
-            s = np.asarray(model.score(images, prompts), dtype=np.float32)
+            fn = model.score_video if video else model.score
+            s = np.asarray(fn(media, prompts), dtype=np.float32)
             out[name] = (s[:n], s[n:])
         return out
