@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.audit.analyse import classify, conflict_kind, summarise
-from pipeline.audit.read import discover, iter_unit, plan_units
+from pipeline.audit.read import AuditInputError, discover, iter_unit, plan_units
 from pipeline.audit.report import render_report
 from pipeline.audit.sample import bomb_png, write_sample
 from pipeline.audit.stage import check_row, decode_pair, decode_video_pair
@@ -159,3 +160,19 @@ def test_decode_video_pair_probes_before_decoding():
     status, detail, _ = decode_video_pair(row, 1024, 4, 3)
     assert status == "image_too_large" and "5 frames" in detail
     assert decode_video_pair(_row(img_0=clip, img_1=b"not a video"), 1024, 5, 3)[0] == "corrupt_image"
+
+
+def test_export_schema_promotes_nulls_and_refuses_other_columns(tmp_path):
+    from pipeline.audit.export import _schema_of
+    from pipeline.audit.read import Source
+
+    def side(name, table):
+        pq.write_table(table, tmp_path / name)
+        return Source("shards", str(tmp_path / name), "k", None)
+
+    a = side("a.parquet", pa.table({"pair_id": ["x"], "p_vlm": pa.array([None], pa.null())}))
+    b = side("b.parquet", pa.table({"pair_id": ["y"], "p_vlm": pa.array([0.5], pa.float32())}))
+    c = side("c.parquet", pa.table({"pair_id": ["z"], "other": [1]}))
+    assert _schema_of([a, b]).field("p_vlm").type == pa.float32()
+    with pytest.raises(AuditInputError, match=r"c\.parquet: columns \['pair_id', 'other'\] differ"):
+        _schema_of([a, c])

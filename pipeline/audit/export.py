@@ -17,15 +17,21 @@ from pipeline.store import _write_atomic
 
 
 def _schema_of(sources: list[Source]) -> pa.Schema:
-    """The one schema every input file shares (Pick-a-Pic files and shard sidecars of one folder do)."""
-    first = None
-    for src in sources:
-        schema = next(row_tables(src))[1].schema if src.kind == "pairs" else pq.ParquetFile(src.path).schema_arrow
-        if first is None:
-            first = schema
-        elif not schema.equals(first):
-            raise AuditInputError(f"{src.path}: columns/types differ from {sources[0].path}; cannot export one table")
-    return first
+    """The one schema of all input files: Pick-a-Pic files share theirs; shard sidecars of two
+    modalities may differ where a column is all null in one (promoted, e.g. null -> float)."""
+    schemas = [next(row_tables(src))[1].schema if src.kind == "pairs" else pq.ParquetFile(src.path).schema_arrow
+               for src in sources]
+    if all(s.equals(schemas[0]) for s in schemas[1:]):
+        return schemas[0]
+    for src, schema in zip(sources, schemas):
+        if schema.names != schemas[0].names:
+            raise AuditInputError(f"{src.path}: columns {schema.names} differ from {sources[0].path}'s {schemas[0].names}; "
+                                  "cannot export one table")
+    try:
+        return pa.unify_schemas(schemas, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        bad = next(src.path for src, s in zip(sources, schemas) if not s.equals(schemas[0]))
+        raise AuditInputError(f"{bad}: columns/types differ from {sources[0].path}; cannot export one table ({err})") from None
 
 
 def export_rows(sources: list[Source], rows: dict[int, np.ndarray], path: str | Path, schema: pa.Schema) -> int:
