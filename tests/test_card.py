@@ -81,9 +81,16 @@ def _table(schema: pa.Schema, n: int, **columns) -> pa.Table:
     return pa.table({f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in schema}, schema=schema)
 
 
-@pytest.fixture
-def card_inputs(tmp_path):
-    return synthetic_card_inputs(tmp_path)
+@pytest.fixture(scope="module")
+def card_inputs(tmp_path_factory):
+    return synthetic_card_inputs(tmp_path_factory.mktemp("card"))
+
+
+@pytest.fixture(scope="module")
+def card(card_inputs):
+    """(markdown, plots) of the synthetic inputs, rendered once for the tests that only read them."""
+    cfg, manifests, selected, tables = card_inputs
+    return build_card(cfg, manifests, selected, **tables)
 
 
 def synthetic_card_inputs(tmp_path):
@@ -131,9 +138,8 @@ def _png_chunks(data: bytes) -> list[bytes]:
     return chunks
 
 
-def test_the_card_references_exactly_its_plots_which_are_clean_pngs(card_inputs):
-    cfg, manifests, selected, tables = card_inputs
-    text, plots = build_card(cfg, manifests, selected, **tables)
+def test_the_card_references_exactly_its_plots_which_are_clean_pngs(card):
+    text, plots = card
     assert sorted(plots) == ["image-agreement.png", "image-margins.png", "image-scores.png", "winner-generators.png"]
     assert sorted(re.findall(r"!\[[^]]*\]\(plots/([^)]+)\)", text)) == sorted(plots)
     for name, data in plots.items():
@@ -142,19 +148,18 @@ def test_the_card_references_exactly_its_plots_which_are_clean_pngs(card_inputs)
     assert _png_size(plots["image-scores.png"]) == (1200, 610)  # 5 reward models: 2 rows of 3 panels
 
 
-def test_plots_are_the_same_bytes_whatever_the_rc_params(card_inputs):
+def test_plots_are_the_same_bytes_whatever_the_rc_params(card_inputs, card):
     import matplotlib as mpl
 
     cfg, manifests, selected, tables = card_inputs
-    first = build_card(cfg, manifests, selected, **tables)
     with mpl.rc_context({"lines.linewidth": 7.0, "axes.facecolor": "red", "font.size": 20, "savefig.dpi": 300}):
-        second = build_card(cfg, manifests, selected, **tables)
-    assert first == second
+        again = build_card(cfg, manifests, selected, **tables)
+    assert again == card
 
 
-def test_the_card_tables_hold_the_exact_counts_and_shares(card_inputs):
-    cfg, manifests, selected, tables = card_inputs
-    text, _ = build_card(cfg, manifests, selected, **tables)
+def test_the_card_tables_hold_the_exact_counts_and_shares(card_inputs, card):
+    _, _, _, tables = card_inputs
+    text, _ = card
     assert "| aesthetics | sd15 | 4 | 0.667 |" in text and "| composition | flux-dev | 1 | 0.250 |" in text
     assert "| aesthetics | image | 6 | 6 |" in text
     agreement = agreement_matrix(tables["pairs"], SCORERS)
