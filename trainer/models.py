@@ -60,6 +60,7 @@ class TrainModel:
     frozen_reference: nn.Module | None = None
     max_sequence_length: int | None = None
     flux_guidance: float = 3.5
+    weight_dtype: torch.dtype = torch.float32  # frozen parts' dtype (mixed precision)
     denoiser_attr: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -162,7 +163,10 @@ class TrainModel:
         parameters may be sharded); adapters are switched on the unwrapped denoiser either way.
         """
         if self.frozen_reference is not None:
-            yield self.frozen_reference
+            # accelerate autocasts only the prepared policy; the copy holds weight_dtype weights
+            dev = self.device.type
+            with torch.autocast(dev, dtype=self.weight_dtype, enabled=self.weight_dtype != torch.float32):
+                yield self.frozen_reference
             return
         self.denoiser.disable_adapters()
         try:
@@ -273,4 +277,5 @@ def load_train_model(
     if gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
     denoiser.train()
-    return TrainModel(family, pipe, denoiser, objective, lora_rank is not None, frozen_reference, max_sequence_length)
+    return TrainModel(family, pipe, denoiser, objective, lora_rank is not None, frozen_reference, max_sequence_length,
+                      weight_dtype=weight_dtype)
