@@ -210,6 +210,23 @@ def test_shard_folder_input_images_and_videos(ray_session, vipo_cache, tmp_path)
     assert exported == 3
 
 
+def test_a_file_unreadable_on_the_actor_is_one_line(ray_session, vipo_cache, tmp_path, monkeypatch):
+    import pipeline.audit.run as run_module
+
+    data = write_sample(tmp_path / "s.parquet", rows=24, size=16, planted=False, row_group_size=16)
+    plan = run_module.plan_units
+
+    def plan_then_shrink(*args, **kw):
+        units = plan(*args, **kw)
+        write_sample(data, rows=10, size=16, planted=False, row_group_size=16)
+        return units
+
+    monkeypatch.setattr(run_module, "plan_units", plan_then_shrink)
+    cfg = _cfg(vipo_cache, reward_models=[{"name": "aesthetic"}, {"name": "clipscore"}])
+    with pytest.raises(AuditInputError, match=r"^\S*s\.parquet: rows (8\.\.16|16\.\.24): (read 2 rows|cannot read)[^\n]*$"):
+        run_audit(data, tmp_path / "out", cfg)
+
+
 def test_bad_inputs_fail_with_one_line_naming_the_file(tmp_path):
     t = pq.read_table(write_sample(tmp_path / "ok.parquet", rows=2, planted=False)).drop_columns(["jpg_1"])
     pq.write_table(t, tmp_path / "nojpg.parquet")

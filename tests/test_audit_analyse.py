@@ -176,3 +176,19 @@ def test_export_schema_promotes_nulls_and_refuses_other_columns(tmp_path):
     assert _schema_of([a, b]).field("p_vlm").type == pa.float32()
     with pytest.raises(AuditInputError, match=r"c\.parquet: columns \['pair_id', 'other'\] differ"):
         _schema_of([a, c])
+
+
+def test_a_unit_whose_file_changed_is_a_read_error_naming_the_file(tmp_path):
+    from pipeline.audit.stage import AuditScoreStage, UnitReadError
+    from schemas.config import ResourceConfig
+
+    data = write_sample(tmp_path / "s.parquet", rows=24, size=16, planted=False, row_group_size=16)
+    units = plan_units(discover(data), 8)
+    write_sample(data, rows=10, size=16, planted=False, row_group_size=16)  # shrinks under the audit
+    stage = AuditScoreStage(resources=ResourceConfig(batch_size=4), models=[])
+    stage.setup()  # no models: reading and row checks only
+    assert stage.process([units[0]]).num_rows == 8
+    with pytest.raises(UnitReadError, match=r"s\.parquet: rows 8\.\.16: read 2 rows; the file changed"):
+        stage.process([units[1]])
+    with pytest.raises(UnitReadError, match=r"s\.parquet: rows 16\.\.24: cannot read \(ArrowInvalid"):
+        stage.process([units[2]])

@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 from pipeline import models
 from pipeline.audit.analyse import classify, summarise
 from pipeline.audit.export import export_subsets
-from pipeline.audit.read import Source, discover, plan_units, read_rows
+from pipeline.audit.read import AuditInputError, Source, discover, plan_units, read_rows
 from pipeline.audit.report import render_report, thumbnail_uri
-from pipeline.audit.stage import AuditScoreStage
+from pipeline.audit.stage import READ_ERROR, AuditScoreStage
 from pipeline.ray_runtime import init_ray
 from pipeline.report import NullReporter, Reporter, StageSummary
 from pipeline.stage import run_stage
@@ -106,9 +106,15 @@ def run_audit(data: str | Path, out: str | Path, cfg: AuditConfig, limit: int | 
             max_video_frames=cfg.max_video_frames,
             video_frames=cfg.video_frames,
         )
-        for table in run_stage(stage, [[u] for u in pending]):
-            store.append(table)
-            reporter.advance(table.num_rows)
+        try:
+            for table in run_stage(stage, [[u] for u in pending]):
+                store.append(table)
+                reporter.advance(table.num_rows)
+        except Exception as err:  # a file the actor cannot read: its one line, not Ray's traceback
+            line = next((ln for ln in str(err).splitlines() if READ_ERROR in ln), None)
+            if line is None:
+                raise
+            raise AuditInputError(line[line.index(READ_ERROR) + len(READ_ERROR):]) from None
     result.units_run = len(pending)
 
     wanted = {u["id"] for u in units}

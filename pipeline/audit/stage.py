@@ -7,6 +7,7 @@ and the error text, so the audit can count and explain what it left out.
 from __future__ import annotations
 
 import math
+import tarfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,27 @@ from pipeline.audit.read import iter_unit
 from pipeline.stage import ActorStage
 from schemas.audit import SCORED, audit_scores_schema
 from schemas.pickapic import preferred_index
+
+#: Prefix of the message of a unit whose file cannot be read: the driver finds it inside Ray's error
+#: and reports that one line (the file is bad, not a row of it).
+READ_ERROR = "audit input error: "
+
+
+class UnitReadError(RuntimeError):
+    """The file behind a unit cannot be read (truncated, changed since planning, damaged pages)."""
+
+
+def _read_batches(unit: dict[str, Any], batch_size: int):
+    where = f"{unit.get('tar') or unit.get('path') or 'pair file'}: rows {unit.get('start')}..{unit.get('stop')}"
+    seen = 0
+    try:
+        for batch in iter_unit(unit, batch_size):
+            seen += len(batch)
+            yield batch
+    except (pa.ArrowException, OSError, tarfile.TarError, IndexError, ValueError) as err:
+        raise UnitReadError(f"{READ_ERROR}{where}: cannot read ({type(err).__name__}: {err})") from None
+    if seen != unit["stop"] - unit["start"]:
+        raise UnitReadError(f"{READ_ERROR}{where}: read {seen} rows; the file changed since the audit began")
 
 
 def check_row(row: dict[str, Any]) -> tuple[str, str | None]:
@@ -127,7 +149,7 @@ class AuditScoreStage(ActorStage):
 
     def _unit(self, unit: dict[str, Any], schema: pa.Schema) -> pa.Table:
         cols: dict[str, list] = {name: [] for name in schema.names}
-        for batch in iter_unit(unit, self.resources.batch_size):
+        for batch in _read_batches(unit, self.resources.batch_size):
             ok: dict[bool, list[tuple[int, list, str]]] = {False: [], True: []}  # is video -> (row at, media, prompt)
             for row in batch:
                 status, detail = check_row(row)
@@ -147,10 +169,9 @@ class AuditScoreStage(ActorStage):
                 cols["model_1"].append(_text(row.get("model_1")))
                 if status == SCORED:
                     ok[bool(row.get("video"))].append((len(cols["row_id"]) - 1, media, str(row["caption"])))
-            n_before = len(cols[f"{self.scorers[0]}_0"])
             for name in self.scorers:
                 for side in (0, 1):
-                    cols[f"{name}_{side}"].extend([None] * (len(cols["row_id"]) - n_before))
+                    cols[f"{name}_{side}"].extend([None] * len(batch))
             for video, pairs in ok.items():
                 for name, (s0, s1) in self._score(pairs, video).items():
                     for k, (at, _, _) in enumerate(pairs):
