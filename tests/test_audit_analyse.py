@@ -77,6 +77,8 @@ def test_conflict_kind_names():
 def test_empty_table_gives_no_shares():
     s = summarise(_table().iloc[6:], M)
     assert s["pairs_scored"] == 0 and s["all_agree_with_label"]["share"] is None and s["pairwise_agreement"]["matrix"] is None
+    html = render_report({**s, "input": "x.parquet", "exports": {"consistent": 0, "conflicting": 0}}, [])
+    assert "n/a" in html and "Pairwise agreement between reward models" not in html
 
 
 def _row(**kw):
