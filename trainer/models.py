@@ -189,7 +189,9 @@ class TrainModel:
         if self.lora:
             from diffusers.utils import convert_state_dict_to_diffusers
 
-            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(net))
+            layers = get_peft_model_state_dict(net)
+            if self.denoiser_attr == "unet":  # as diffusers' UNet LoRA scripts save it; DiT scripts keep peft keys
+                layers = convert_state_dict_to_diffusers(layers)
             type(self.pipe).save_lora_weights(out, **{f"{self.denoiser_attr}_lora_layers": layers})
             return out
         net.save_pretrained(out / self.denoiser_attr)
