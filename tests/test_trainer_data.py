@@ -353,6 +353,22 @@ def test_video_pairs_sample_the_same_frames(tmp_path):
     for w, lose in zip(batch.pixels_w, batch.pixels_l):
         assert to_level(w) == pytest.approx((20 + picks).tolist(), abs=3)
         assert to_level(lose) == pytest.approx((120 + picks).tolist(), abs=3)
-    image_cfg = _cfg([shard.parent], epochs=1)
-    with pytest.raises(RuntimeError, match="no usable pair"):
-        list(build_loader(image_cfg, 2))
+    with pytest.raises(FileNotFoundError, match="none of the 1 shards holds image pairs"):
+        build_loader(_cfg([shard.parent], epochs=1), 2)
+
+
+def test_mixed_folder_deals_only_shards_of_the_modality(tmp_path):
+    levels = np.arange(3)
+    video = [_sample(100 + i, "motion_quality", _clip(levels, 0), _clip(levels, 9), ext="mp4", modality="video") for i in range(2)]
+    for v in range(2):
+        _write_shard(tmp_path / "video" / f"train-{v:06d}.tar", video)
+    written = _shards(tmp_path / "image", 2, 3)
+    per_rank = [_ids(build_loader(_cfg([tmp_path], epochs=1), 2, rank=r, world_size=2)) for r in range(2)]
+    assert all(len(ids) == 3 for ids in per_rank)  # one image shard each, never a video one
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(_key(i) for i in written)
+
+
+def test_a_reader_with_nothing_to_yield_says_so(tmp_path):
+    _shards(tmp_path, 1, 3, cats=("composition",))
+    with pytest.raises(RuntimeError, match="reader 0 of 1 got no usable pair in epoch 0 .*'sampled_out': 3"):
+        list(build_loader(_cfg([tmp_path], category_weights={"composition": 0.0}), 2))

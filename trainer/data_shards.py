@@ -26,12 +26,30 @@ from trainer.data_stream import Record, Skipped
 MAX_JSON_BYTES = 1 << 20  # a sample's json is a few KB; more is not ours
 
 
+def _first_modality(path: str) -> str | None:
+    """Modality in the json of a shard's first sample; None when that cannot be told (reported later)."""
+    try:
+        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tf:
+            for info in iter(tf.next, None):
+                if info.isfile() and base_plus_ext(info.name)[1] == "json" and info.size <= MAX_JSON_BYTES:
+                    meta = json.loads(tf.extractfile(info).read())
+                    return meta.get("modality") if isinstance(meta, dict) else None
+    except (tarfile.TarError, OSError, ValueError):
+        return None
+    return None
+
+
 class ShardSource:
     """Local `.tar` shards, opened per scan (seekable reads: a remote shard must be fetched first)."""
 
     def __init__(self, files: list[str], cfg: TrainDataConfig):
-        self.files, self.cfg = files, cfg
+        self.cfg = cfg
         self.exts = (VIDEO_EXTENSION,) if cfg.modality == "video" else IMAGE_EXTENSIONS
+        # A shard folder holds one modality (DESIGN.md); dropping the other's shards up front keeps a
+        # reader from being dealt only shards it would skip entirely (paths: [build/shards]).
+        self.files = [f for f in files if _first_modality(f) in (cfg.modality, None)]
+        if not self.files:
+            raise FileNotFoundError(f"data.paths: none of the {len(files)} shards holds {cfg.modality} pairs")
 
     def _members(self, path: str, tf: tarfile.TarFile, bad: list[str]) -> Iterator[dict]:
         last = "the start"
