@@ -3,6 +3,7 @@ schema included), bytes independent of how many tasks run at once, the in-flight
 manifest's per-category winner counts, and a clear error for a pair whose candidate is missing."""
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from collections import Counter
@@ -164,3 +165,21 @@ def test_media_bytes_are_copied_unchanged(ray_session, tmp_path):
         win_index = int(meta["winner"]["candidate_id"], 16)
         assert members[f"{key}.win.jpg"] == (tmp_path / "media" / f"{win_index}.jpg").read_bytes()
         assert members[f"{key}.txt"].decode() == meta["prompt"]
+
+
+def test_tars_are_what_webdatasets_own_writer_makes(ray_session, tmp_path):
+    """The writer uses the standard library only; its bytes equal webdataset's TarWriter on the same samples."""
+    import webdataset as wds
+
+    _write(tmp_path, _inputs(tmp_path, 5, combined=False), "w")
+    for tar_path in sorted((tmp_path / "w" / "shards" / "image").glob("*.tar")):
+        samples: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(tar_path) as tar:
+            for m in tar:
+                key, _, suffix = m.name.partition(".")
+                samples.setdefault(key, {"__key__": key})[suffix] = tar.extractfile(m).read()
+        buf = io.BytesIO()
+        with wds.TarWriter(buf, user="vipo", group="vipo", mode=0o444, mtime=0) as sink:
+            for sample in samples.values():
+                sink.write(sample)
+        assert buf.getvalue() == tar_path.read_bytes()
