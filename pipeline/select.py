@@ -129,14 +129,15 @@ def select_pairs(
     drops: list[tuple[np.ndarray, pa.Array]] = []  # (rows of kt, reason per row)
     if judged is not None:
         judgements, keeps = judged
-        at = pc.index_in(kt["pair_id"], value_set=keeps["pair_id"].combine_chunks())
+        ids = kt["pair_id"].combine_chunks()
+        at = pc.index_in(ids, value_set=keeps["pair_id"].combine_chunks())
         if at.null_count:
             raise ValueError(f"{at.null_count} consistent pairs have no VLM judgement; rerun the judge stage")
         ok = keeps["kept"].combine_chunks().take(at).to_numpy(zero_copy_only=False).astype(bool)
         refused = np.flatnonzero(~ok)
         drops.append((refused, keeps["drop_reason"].combine_chunks().take(at).take(pa.array(refused))))
         alive &= ok
-        jat = pc.index_in(kt["pair_id"], value_set=judgements["pair_id"].combine_chunks())
+        jat = pc.index_in(ids, value_set=judgements["pair_id"].combine_chunks())
         p_vlm = judgements["p_winner"].combine_chunks().take(jat).to_numpy(zero_copy_only=False).astype(np.float64)
     names, wgen, serving = _generator_codes(kt, candidates, cats)
     n_gen = len(names)

@@ -107,6 +107,28 @@ def test_cap_never_starves_a_category_served_by_fewer_generators():
     assert sel.shortfall == {} and sel.selected.num_rows == 3 * 8  # one generator: a cap of 1/1 = no cap
 
 
+def test_vlm_refusals_keep_their_reason_and_probability_ranks():
+    from pipeline.judge import JUDGE_KEEPS
+    from schemas.tables import JUDGEMENTS
+
+    scores, cands, prompts = _scored_set(n_prompts=10, group=4)
+    pairs = form_pairs(scores, RM, quorum=5)
+    kept = pairs.filter(pairs["kept"])
+    ids = kept["pair_id"].to_pylist()
+    p = np.linspace(0.05, 0.95, len(ids))
+    judgements = pa.table({"pair_id": ids, "rater": ["vlm"] * len(ids), "p_winner": p, "p_winner_first": p,
+                           "p_winner_second": p, "position_consistency": [1.0] * len(ids)}, schema=JUDGEMENTS)
+    keeps = pa.table({"pair_id": ids, "kept": (p >= 0.5).tolist(),
+                      "drop_reason": [None if x >= 0.5 else "vlm_disagrees" for x in p]}, schema=JUDGE_KEEPS)
+    sel = select_pairs(pairs, prompts, _cfg(1000, None, per_prompt=6), judged=(judgements, keeps), candidates=cands)
+    df = sel.selected.to_pandas()
+    assert len(df) == int((p >= 0.5).sum()) and (df.p_vlm >= 0.5).all()
+    dropped = sel.dropped.to_pandas()
+    assert set(dropped[dropped.reason == "vlm_disagrees"].pair_id) == {i for i, x in zip(ids, p) if x < 0.5}
+    with pytest.raises(ValueError, match="no VLM judgement"):
+        select_pairs(pairs, prompts, _cfg(1000, None), judged=(judgements.slice(1), keeps.slice(1)), candidates=cands)
+
+
 def test_feasible_size_exact():
     # caps floor(0.5 n): n = 4 -> 2 + 1 + 1 = 4 fits; n = 5 -> 2 + 1 + 1 < 5; n = 6 -> 3 + 1 + 1 < 6
     assert feasible_size(np.array([10, 1, 1]), quota=10, share=0.5) == 4
