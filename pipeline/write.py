@@ -229,8 +229,8 @@ def _write_folder(
         "shards": infos,
     }
     keep = {i["name"] for i in infos} | {i["sidecar"] for i in infos}
-    for stale in [*folder.glob("*.tar"), *folder.glob("*.parquet")]:
-        if stale.name not in keep:  # left by an earlier build of this folder with more shards
+    for stale in [*folder.glob("*.tar"), *folder.glob("*.parquet"), *folder.glob(".*.tmp")]:
+        if stale.name not in keep:  # left by an earlier build with more shards, or temp files of a killed one
             stale.unlink()
     write_bytes(folder / MANIFEST_NAME, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     return manifest

@@ -109,6 +109,12 @@ def test_shards_carry_every_pair_in_order_with_its_records(ray_session, tmp_path
     got = Counter({(c, g): n for c, gs in manifest["winner_generators_by_category"].items() for g, n in gs.items()})
     assert got == want and manifest["winner_generators"] == {"flux-dev": 2, "sd15": 3, "sdxl": 5}
     assert not list(folder.glob(".*.tmp"))  # every file landed by rename, no temp file left
+    # a later build of the folder removes what a killed one left: shards past its count, temp files
+    (folder / "train-000007.tar").write_bytes(b"old")
+    (folder / ".train-000000.tar.0123456789abcdef.tmp").write_bytes(b"partial")
+    assert _write(tmp_path, tables, "a")["image"] == manifest
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "manifest.json", *(f"train-{i:06d}.{ext}" for i in range(3) for ext in ("parquet", "tar"))]
 
 
 def test_bytes_do_not_depend_on_tasks_in_flight(ray_session, tmp_path):
