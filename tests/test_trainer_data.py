@@ -317,6 +317,24 @@ def test_pickapic_orientation_ties_and_bad_rows(tmp_path, caplog):
         list(build_loader(_cfg([path], source="pickapic", epochs=1, drop_ties=False, shuffle_shards=False), 4))
 
 
+def test_pickapic_audit_sample_planted_rows(tmp_path, caplog):
+    """The audit's Pick-a-Pic sample (planted bad rows at known positions) reads with the same verdicts."""
+    from pipeline.audit.sample import PLANTED, write_sample
+
+    path = tmp_path / "sample.parquet"
+    write_sample(path, rows=24)
+    with caplog.at_level(logging.WARNING, logger="vipo.trainer.data"):
+        loader = build_loader(_cfg([path], source="pickapic", resolution=32, epochs=1, max_pixels=10_000_000), 8)
+        n = sum(len(b) for b in loader)
+    ties = sum(v == "tie_label" for v in PLANTED.values())
+    assert loader.stats == {**dict.fromkeys(STAT_NAMES, 0), "pairs": 24 - len(PLANTED), "ties": ties,
+                            "malformed": len(PLANTED) - ties}
+    assert n == 24 - len(PLANTED)
+    for row in (r for r, why in PLANTED.items() if why != "tie_label"):
+        assert f"sample.parquet:{row}: skipped, " in caplog.text
+    assert "sample.parquet:5: skipped, jpg_1: image refused before decoding" in caplog.text
+
+
 def test_pickapic_missing_columns_fail_fast(tmp_path):
     path = tmp_path / "other.parquet"
     pq.write_table(pa.table({"caption": ["a"], "jpg_0": [b"x"]}), path)

@@ -105,13 +105,16 @@ class PickapicSource:
                 for r in inside:
                     r.payload = [_bytes(table.column(c)[r.index - first].as_py()) for c in r.media]
 
+    def where(self, record: Record) -> str:
+        return f"{self.files[record.file]}:{record.index}"
+
     def load_pair(self, record: Record) -> tuple[np.ndarray, np.ndarray]:
         out = []
         for col, blob in zip(record.media, record.payload):
             try:
                 out.append(np.asarray(decode_image(blob, self.cfg.max_pixels)))
             except ValueError as err:
-                raise ValueError(f"row {record.index}: {col}: {err}") from None
+                raise ValueError(f"{col}: {err}") from None
             except Exception as err:  # noqa: BLE001 - PIL raises many types for corrupt data
-                raise ValueError(f"row {record.index}: {col} does not decode: {type(err).__name__}: {err}") from None
+                raise ValueError(f"{col} does not decode: {type(err).__name__}: {err}") from None
         return out[0], out[1]

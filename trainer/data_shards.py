@@ -109,6 +109,9 @@ class ShardSource:
         pair_id = meta.get("pair_id", key)
         return Record(file, index, str(pair_id), category, prompt, media)
 
+    def where(self, record: Record) -> str:
+        return f"{self.files[record.file]}: {record.key}"
+
     def fetch(self, records: list[Record]) -> None:
         """Nothing to do: media are read by offset when a pair leaves the buffer."""
 

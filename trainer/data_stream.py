@@ -73,6 +73,10 @@ class Source(Protocol):
         """uint8 (H, W, 3) or (T, H, W, 3) winner and loser; ValueError names what is wrong."""
         ...
 
+    def where(self, record: Record) -> str:
+        """How a warning names the pair: `shard: key` or `file:row`."""
+        ...
+
 
 def epoch_order(num_files: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
     """The order of all files in an epoch: the same on every rank and worker."""
@@ -147,14 +151,14 @@ class PairStream:
             )
         except ValueError as err:
             self.stats["malformed"] += 1
-            log.warning("%s: %s: skipped, %s", self.source.files[record.file], record.key, err)
+            log.warning("%s: skipped, %s", self.source.where(record), err)
             return None
         finally:
             record.payload = None
         if w.shape != lo.shape:
             self.stats["malformed"] += 1
-            log.warning("%s: %s: skipped, winner %s and loser %s differ in shape", self.source.files[record.file],
-                        record.key, tuple(w.shape), tuple(lo.shape))
+            log.warning("%s: skipped, winner %s and loser %s differ in shape", self.source.where(record),
+                        tuple(w.shape), tuple(lo.shape))
             return None
         self.stats["pairs"] += 1
         self._epoch_pairs += 1
