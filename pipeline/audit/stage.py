@@ -43,11 +43,9 @@ def _read_batches(unit: dict[str, Any], batch_size: int):
 
 def check_row(row: dict[str, Any]) -> tuple[str, str | None]:
     """(status, detail) of a raw row before decoding: missing fields, then the label (ties are
-    skipped: they carry no preference to agree with)."""
+    skipped: they carry no preference to agree with), then unreadable image files."""
     if row.get("caption") is None:
         return "missing_field", "caption is missing"
-    if row.get("error"):
-        return "corrupt_image", row["error"]
     for i in (0, 1):
         if row.get(f"img_{i}") is None:
             return "missing_field", f"image {i} is missing"
@@ -62,6 +60,8 @@ def check_row(row: dict[str, Any]) -> tuple[str, str | None]:
             return "tie_label", "label_0 = 0.5"
     except ValueError as err:
         return ("missing_field" if label is None else "bad_label"), str(err)
+    if row.get("error"):  # a pair file's image path that cannot be read
+        return "corrupt_image", row["error"]
     return SCORED, None
 
 
@@ -97,6 +97,8 @@ def decode_video_pair(row: dict[str, Any], max_pixels: int, max_frames: int, fra
         except Exception as err:  # noqa: BLE001 - PyAV raises many types on malformed containers
             return "corrupt_image", f"video {i}: {type(err).__name__}: {err}", []
         w, h, n = info["width"], info["height"], info["num_frames"]
+        if not n:  # unknown length: decoding could not be bounded
+            return "corrupt_image", f"video {i}: the container does not state its frame count", []
         if w * h > max_pixels or n > max_frames:
             return "image_too_large", (f"video {i}: refused before decoding: header says {w}x{h}, {n} frames "
                                        f"(max_pixels {max_pixels}, max_video_frames {max_frames})"), []
