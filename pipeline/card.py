@@ -26,6 +26,7 @@ CARD_DIR, PLOTS_DIR = "card", "plots"  # card/README.md references card/plots/*.
 VLM_RATER = "vlm"  # the VLM rater's row/column in the agreement matrix
 DPI = 100
 _WIN, _LOSE = "#2a9d55", "#d1495b"
+_CHUNK = 1 << 20  # pairs per agreement-matrix product (float32 counts stay exact)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class Agreement:
     pairs: np.ndarray
 
 
+def _sign(values: np.ndarray) -> np.ndarray:
+    """+1 / -1 / 0 (ties and NaN) as int8."""
+    return np.sign(np.nan_to_num(values.astype(np.float64))).astype(np.int8)
+
+
 def agreement_matrix(pairs: pa.Table, scorers: list[str], judgements: pa.Table | None = None) -> Agreement:
     """Agreement between the reward models (and the VLM rater, when `judgements` has any of these pairs)
     over ALL formed pairs, kept or dropped: on the selected ones the quorum makes it trivially high.
@@ -46,24 +52,26 @@ def agreement_matrix(pairs: pa.Table, scorers: list[str], judgements: pa.Table |
     A reward model prefers the pair's winner when its margin (winner minus loser) is > 0, the loser when
     < 0, and neither on a tie or a missing score; the VLM prefers the winner when its swap-debiased
     P(winner) > 0.5, the loser when < 0.5. A rater preferring neither does not count for that pair."""
-    prefs = [np.sign(np.nan_to_num(pairs[f"margin_{s}"].to_numpy(zero_copy_only=False).astype(np.float64))) for s in scorers]
+    prefs = [_sign(pairs[f"margin_{s}"].to_numpy(zero_copy_only=False)) for s in scorers]
     raters = list(scorers)
     if judgements is not None and judgements.num_rows:
         at = pc.index_in(pairs["pair_id"], value_set=judgements["pair_id"])
         if at.null_count < len(at):
             p = judgements["p_winner"].take(at).to_numpy(zero_copy_only=False).astype(np.float64)
-            prefs.append(np.sign(np.nan_to_num(p - 0.5)))  # unjudged pairs (null -> NaN -> 0) do not count
+            prefs.append(_sign(p - 0.5))  # unjudged pairs (null -> NaN -> 0) do not count
             raters.append(VLM_RATER)
-    prefs_arr = np.stack(prefs, axis=1).astype(np.int8) if prefs else np.zeros((0, 0), np.int8)
     k = len(raters)
-    share, both = np.full((k, k), np.nan), np.zeros((k, k), np.int64)
-    decisive = prefs_arr != 0
-    for i in range(k):
-        for j in range(i, k):
-            rated = decisive[:, i] & decisive[:, j]
-            both[i, j] = both[j, i] = n = int(rated.sum())
-            if n:
-                share[i, j] = share[j, i] = float((prefs_arr[rated, i] == prefs_arr[rated, j]).mean())
+    same, both = np.zeros((k, k), np.int64), np.zeros((k, k), np.int64)
+    for start in range(0, pairs.num_rows, _CHUNK):
+        # +1 / -1 / 0 per rater: p_i * p_j is +1 when i and j prefer the same candidate, -1 when they differ,
+        # 0 when either does not decide, so (|P|'|P| + P'P) / 2 counts agreements; float32 sums are exact
+        # below 2**24, hence the chunks
+        chunk = np.stack([pref[start : start + _CHUNK] for pref in prefs], axis=1).astype(np.float32)
+        signed, decided = chunk.T @ chunk, np.abs(chunk).T @ np.abs(chunk)
+        both += decided.astype(np.int64)
+        same += ((decided + signed) / 2).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(both > 0, same / np.maximum(both, 1), np.nan)
     return Agreement(raters, share, both)
 
 
