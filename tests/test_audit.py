@@ -139,6 +139,17 @@ def test_killed_audit_resumes_to_the_same_summary(audited, vipo_cache, tmp_path)
     assert _strip(again.summary) == _strip(full.summary)
     assert pq.read_table(out / "conflicting.parquet").equals(pq.read_table(full.out_dir / "conflicting.parquet"))
     assert run_audit(data, out, _cfg(vipo_cache)).units_run == 0
+    # the folder gains a file that sorts first: only its unit runs, and old rows keep their file
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copy(data, folder / data.name)
+    write_sample(folder / "a-new.parquet", rows=4, seed=1, size=16, planted=False)
+    grown = run_audit(folder, out, _cfg(vipo_cache))
+    assert grown.units_run == 1 and grown.summary["pairs_read"] == ROWS + 4
+    exported = pq.read_table(out / "consistent.parquet").num_rows + pq.read_table(out / "conflicting.parquet").num_rows
+    assert exported == ROWS - len(PLANTED) + 4
+    old = pq.read_table(full.out_dir / "conflicting.parquet")["ranking_id"].to_pylist()
+    assert set(old) <= set(pq.read_table(out / "conflicting.parquet")["ranking_id"].to_pylist())
 
 
 def _png(seed: int) -> bytes:

@@ -121,6 +121,8 @@ def run_audit(data: str | Path, out: str | Path, cfg: AuditConfig, limit: int | 
     table = store.read()
     df = table.to_pandas()
     df = df[df["unit_id"].isin(wanted)].reset_index(drop=True)
+    # a file's index in this run's list (a folder may have gained files since a unit was scored)
+    df["source"] = df["row_id"].str.partition(":")[0].map({s.key: i for i, s in enumerate(sources)}).astype("int32")
     summary = summarise(df, scorers)
     score_summary = StageSummary("score", n_in=len(df), n_out=summary["pairs_scored"],
                                  dropped={k: v for k, v in summary["skipped"].items() if v},
