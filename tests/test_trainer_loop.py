@@ -187,10 +187,11 @@ def test_optimizer_flags(vipo_cache):
         build_optimizer(OptimConfig(), [])
 
 
-@pytest.mark.parametrize("lora", [{"rank": 2}, None])
-def test_bf16_mixed_precision_runs_for_lora_and_full(tmp_path, vipo_cache, lora):
+@pytest.mark.parametrize("lora, checkpointing", [({"rank": 2}, True), (None, False)])
+def test_bf16_mixed_precision_runs_for_lora_and_full(tmp_path, vipo_cache, lora, checkpointing):
     # accelerate's CPU autocast: frozen parts (and the full fine-tune's reference copy) in bf16
-    cfg = _cfg(tmp_path / "run", lora=lora, mixed_precision="bf16", max_steps=2, batch_size=2, cache_dir=str(vipo_cache))
+    cfg = _cfg(tmp_path / "run", lora=lora, mixed_precision="bf16", max_steps=2, batch_size=2, cache_dir=str(vipo_cache),
+               gradient_checkpointing=checkpointing)
     result = train(cfg, loader=ColourPairs(2, 2))
     rows = _rows(result.metrics_csv)
     assert len(rows) == 2 and all(float(r["loss"]) == float(r["loss"]) for r in rows)  # finite, not NaN

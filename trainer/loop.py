@@ -274,6 +274,13 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, loader: Iterabl
     if accelerator.is_main_process:
         final_dir = model.save_final(out / "final", accelerator.unwrap_model(policy))
     accelerator.end_training()
+    if accelerator.num_processes == 1:
+        # accelerate keeps its state in process-wide singletons; a single-process run releases it so
+        # the next train() in this process (tests, notebooks) may use other settings (e.g. bf16)
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
     if step < cfg.max_steps:
         last["stopped_early"] = f"data ran out after {step} of {cfg.max_steps} steps"
     result = TrainResult(out, step, resumed_from, final_dir, out / "metrics.csv", last)
