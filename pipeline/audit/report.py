@@ -18,11 +18,11 @@ _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 _STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
 h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
-th{background:#f4f4f4}td.l,th.l{text-align:left}.big{font-size:2rem;font-weight:600}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right;white-space:nowrap}
+th{background:#f4f4f4}td.l,th.l{text-align:left;white-space:normal}.big{font-size:2rem;font-weight:600}
 .cards{display:flex;gap:1rem;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;padding:.8rem 1rem;min-width:12rem}
 .pair{border:1px solid #ddd;border-radius:6px;margin:1rem 0;padding:.8rem}.imgs{display:flex;gap:1rem}
-.imgs figure{margin:0}.pref{outline:4px solid #2a9d3a}.cap{font-style:italic;margin:.3rem 0}
+.imgs figure{margin:0;max-width:200px}.imgs img{width:180px;height:auto}.pref{outline:4px solid #2a9d3a}.cap{font-style:italic;margin:.3rem 0}
 .agree{color:#2a9d3a}.dissent{color:#c0392b;font-weight:600}img.plot{max-width:100%}
 """
 
