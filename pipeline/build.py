@@ -264,9 +264,10 @@ class Build:
             pairs = form_pairs_for_group(scores, self.scorers, rules)
         write_table(pairs, self.paths.pairs)
         self.reporter.advance(scores.num_rows)
-        reasons = Counter(r for r in pairs["drop_reason"].to_pylist() if r)
+        counts = pc.value_counts(pairs["drop_reason"].drop_null()).to_pylist()  # columnar: 35M pairs at 10M candidates
+        reasons = {c["values"]: c["counts"] for c in counts}
         return StageSummary(
-            "pair", n_in=pairs.num_rows, n_out=pairs.num_rows - sum(reasons.values()), dropped=dict(reasons),
+            "pair", n_in=pairs.num_rows, n_out=pairs.num_rows - sum(reasons.values()), dropped=dict(sorted(reasons.items())),
             note="(Ray Data groupby)" if use_ray else "",
         )
 
