@@ -160,6 +160,7 @@ def test_sft_then_dpo_and_full_weights_export(tmp_path, vipo_cache):
     result = train(cfg, loader=ColourPairs(3, 2))
     rows = _rows(result.metrics_csv)
     assert [r["phase"] for r in rows] == ["sft", "sft", "dpo"]
+    assert [float(r["lr"]) for r in rows] == [1e-3] * 3  # constant, no warmup configured
     assert rows[0]["implicit_acc"] == "" and rows[2]["implicit_acc"] != ""
     unet = UNet2DConditionModel.from_pretrained(result.final_dir)
     base = load_train_model("tiny-sd15", lora_rank=None, cache_dir=vipo_cache).denoiser
@@ -168,8 +169,11 @@ def test_sft_then_dpo_and_full_weights_export(tmp_path, vipo_cache):
 
 
 def test_data_running_out_stops_early_with_a_note(tmp_path, vipo_cache):
-    result = train(_cfg(tmp_path / "run", max_steps=5, batch_size=2, cache_dir=str(vipo_cache)), loader=ColourPairs(2, 2))
+    cfg = _cfg(tmp_path / "run", max_steps=5, batch_size=2, cache_dir=str(vipo_cache), optim={"warmup_steps": 4})
+    result = train(cfg, loader=ColourPairs(2, 2))
     assert result.steps == 2 and "data ran out after 2 of 5 steps" in result.last["stopped_early"]
+    # constant schedule with linear warmup over 4 steps: lr after step k is 3e-3 * k / 4
+    assert [float(r["lr"]) for r in _rows(result.metrics_csv)] == pytest.approx([3e-3 / 4, 3e-3 / 2])
 
 
 def test_optimizer_flags(vipo_cache):

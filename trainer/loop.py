@@ -200,7 +200,9 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, loader: Iterabl
     beta = cfg.objective.beta or default_beta(model)
     optimizer = build_optimizer(cfg.optim, model.trainable_parameters())
     n = accelerator.num_processes  # the prepared scheduler steps once per process per optimiser step
-    lr_sched = get_scheduler(cfg.optim.lr_scheduler, optimizer, num_warmup_steps=cfg.optim.warmup_steps * n,
+    # transformers' "constant" ignores warmup; "constant_with_warmup" is the same schedule with it
+    sched_name = "constant_with_warmup" if cfg.optim.lr_scheduler == "constant" else cfg.optim.lr_scheduler
+    lr_sched = get_scheduler(sched_name, optimizer, num_warmup_steps=cfg.optim.warmup_steps * n,
                              num_training_steps=cfg.max_steps * n)
     if model.lora:
         register_trainable_only_hooks(accelerator, model.denoiser)
