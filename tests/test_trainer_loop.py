@@ -172,8 +172,8 @@ def test_data_running_out_stops_early_with_a_note(tmp_path, vipo_cache):
     cfg = _cfg(tmp_path / "run", max_steps=5, batch_size=2, cache_dir=str(vipo_cache), optim={"warmup_steps": 4})
     result = train(cfg, loader=ColourPairs(2, 2))
     assert result.steps == 2 and "data ran out after 2 of 5 steps" in result.last["stopped_early"]
-    # constant schedule with linear warmup over 4 steps: lr after step k is 3e-3 * k / 4
-    assert [float(r["lr"]) for r in _rows(result.metrics_csv)] == pytest.approx([3e-3 / 4, 3e-3 / 2])
+    # constant schedule with linear warmup over 4 steps: step k applies 3e-3 * (k - 1) / 4 (transformers' warmup)
+    assert [float(r["lr"]) for r in _rows(result.metrics_csv)] == pytest.approx([0.0, 3e-3 / 4])
 
 
 def test_optimizer_flags(vipo_cache):

@@ -241,6 +241,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, loader: Iterabl
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.optim.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(model.trainable_parameters(), cfg.optim.max_grad_norm)
+                lr_used = float(optimizer.param_groups[0]["lr"])  # what this step applies (logged as `lr`)
                 optimizer.step()
                 lr_sched.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -256,7 +257,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, loader: Iterabl
                 means = dict(zip(keys, accelerator.reduce(t, reduction="mean").tolist()))
             sums, micro = {}, 0
             step += 1
-            last = {"step": step, "phase": "sft" if sft_only else "dpo", **means, "lr": float(lr_sched.get_last_lr()[0])}
+            last = {"step": step, "phase": "sft" if sft_only else "dpo", **means, "lr": lr_used}
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 if metrics is not None:
                     metrics.write(last)
