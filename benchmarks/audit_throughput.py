@@ -6,7 +6,8 @@ Runs the same pairs three ways, side by side in one process, one torch thread ea
      images 0 and images 1 together);
   2. stage, steady state: the audit's actor stage (`AuditScoreStage`) run in this process, models
      loaded first (untimed), then every unit timed: its own parquet reads, row checks, bounded
-     decoding, all five models, the arrow output;
+     decoding, all five models, the arrow output. 1 and 2 run interleaved unit by unit
+     (alternating which goes first), so a shared machine's load falls on both alike;
   3. audit end to end: `run_audit` on Ray (one actor, num_cpus=1) on the same parquet: actor start,
      model load, units, part files, then analysis, exports and report.html. Ray is started before
      the clock.
@@ -72,35 +73,44 @@ def main() -> None:
 
     transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(1)  # the actor gets num_cpus=1 -> one torch thread; compare like with like
-    loaded = [reward_model_class(name).from_pretrained(path) for name, path in paths.items()]
-    table = pq.read_table(data, columns=["caption", "jpg_0", "jpg_1"]).to_pylist()
-    batches = []
-    for i in range(0, len(table), args.batch_size):
-        rows = table[i : i + args.batch_size]
-        images = [decode_image(r["jpg_0"]) for r in rows] + [decode_image(r["jpg_1"]) for r in rows]
-        batches.append((images, [r["caption"] for r in rows] * 2))
-    for m in loaded:  # warm-up
-        m.score(*batches[0])
-    t0 = time.perf_counter()
-    for images, prompts in batches:
-        for m in loaded:
-            m.score(images, prompts)
-    bare = time.perf_counter() - t0
-    del loaded, batches, table
-
     cfg = parse_audit_config({"cache_dir": str(cache), "unit_rows": args.unit_rows, "examples": 12,
                               "resources": {"num_cpus": 1, "num_actors": 1, "batch_size": args.batch_size}})
+    units = plan_units(discover(data), cfg.unit_rows)
+    # the stage and the bare models load the same checkpoints (two copies, so neither warms the other's caches)
     stage = AuditScoreStage(resources=cfg.resources, models=[(n, p, "float32", {}) for n, p in paths.items()],
                             max_pixels=cfg.max_pixels)
     t0 = time.perf_counter()
     stage.setup()
     load = time.perf_counter() - t0
-    units = plan_units(discover(data), cfg.unit_rows)
-    t0 = time.perf_counter()
-    rows = sum(stage.process([u]).num_rows for u in units)
-    in_process = time.perf_counter() - t0
+    loaded = [reward_model_class(name).from_pretrained(path) for name, path in paths.items()]
+    table = pq.read_table(data, columns=["caption", "jpg_0", "jpg_1"]).to_pylist()
+    per_unit = []  # the bare inputs: each unit's batches, decoded beforehand, exactly as the stage batches them
+    for u in units:
+        batches = []
+        for i in range(u["start"], u["stop"], args.batch_size):
+            rows = table[i : min(i + args.batch_size, u["stop"])]
+            images = [decode_image(r["jpg_0"]) for r in rows] + [decode_image(r["jpg_1"]) for r in rows]
+            batches.append((images, [r["caption"] for r in rows] * 2))
+        per_unit.append(batches)
+    for m in loaded:  # warm-up, both sides
+        m.score(*per_unit[0][0])
+    stage.process([units[0]])
+    # interleaved unit by unit, alternating which goes first, so both see the same machine load
+    bare = in_process = 0.0
+    rows = 0
+    for k, (u, batches) in enumerate(zip(units, per_unit)):
+        for turn in ((0, 1) if k % 2 == 0 else (1, 0)):
+            t0 = time.perf_counter()
+            if turn == 0:
+                for images, prompts in batches:
+                    for m in loaded:
+                        m.score(images, prompts)
+                bare += time.perf_counter() - t0
+            else:
+                rows += stage.process([u]).num_rows
+                in_process += time.perf_counter() - t0
     assert rows == args.pairs
-    del stage
+    del loaded, per_unit, table, stage
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     clock = Clock()
