@@ -4,16 +4,15 @@ import io
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from pipeline.pair import (
     NEAR_DUPLICATE,
     TOO_EASY,
-    PairRules,
     attach_phash,
     form_pairs,
-    form_pairs_ray,
     pair_ids,
 )
 from pipeline.phash import hamming, hex_words, phash_hex, phash_luma
@@ -212,16 +211,6 @@ def test_vectorised_pair_ids_match_the_contract():
     assert got == [pair_id(a, b) for a, b in zip(ids, ids[::-1])]
 
 
-def test_ray_groupby_path_gives_identical_pairs(ray_session):
-    scores, cands, _ = _scored_set(n_prompts=6, group=5)
-    scores = scores.join(cands.select(["candidate_id", "phash"]), "candidate_id")
-    rules = PairRules(quorum=4, min_margin=0.1, max_margin=2.0, near_duplicate_bits=4)
-    local = form_pairs(scores, RM, 4, 0.1, max_margin=2.0, near_duplicate_bits=4)
-    distributed = form_pairs_ray(scores, RM, rules)
-    assert distributed.num_rows == 3 * 6 * 10
-    assert distributed.combine_chunks().equals(local.combine_chunks())
-
-
 # -- pHash ------------------------------------------------------------------------------------------
 
 def _picture(seed: int) -> np.ndarray:
@@ -270,3 +259,50 @@ def test_phash_rejects_bad_shapes():
         phash_hex(np.zeros((4, 4), np.uint8))
     with pytest.raises(ValueError, match="phash_luma expects"):
         phash_luma(np.zeros((2, 16, 16)))
+
+
+def test_build_pair_and_select_stages_on_both_engines(ray_session, tmp_path):
+    """The driver's pair/select stages from tables on disk: Ray Data and local pairing agree, the pHash
+    comes from the candidates table, and selection_report.json explains a capped category."""
+    import json
+
+    from pipeline.build import Build
+    from pipeline.store import PartStore, write_table
+    from schemas.tables import CANDIDATES, PROMPTS
+
+    scores, cands, prompts = _scored_set(n_prompts=8, group=4)
+    hashes = cands["phash"].to_pylist()
+    hashes[1::4] = hashes[0::4]  # the first two candidates of every group look the same
+    hashes[0] = None  # and one candidate has no hash: never a duplicate
+    cands = cands.set_column(3, "phash", pa.array(hashes))
+    out = {}
+    for engine in ("local", "ray"):
+        root = tmp_path / engine
+        write_table(scores, root / "scores" / "scores.parquet")
+        full = pa.table({f.name: cands[f.name] if f.name in cands.column_names else pa.nulls(cands.num_rows, f.type)
+                         for f in CANDIDATES}, schema=CANDIDATES)
+        PartStore(root / "candidates", CANDIDATES, "candidate_id").append(full)
+        n = prompts.num_rows
+        write_table(pa.table({"prompt_id": prompts["prompt_id"], "category": pa.nulls(n, pa.string()),
+                              "modality": pa.nulls(n, pa.string()), "prompt": prompts["prompt"],
+                              "source": pa.nulls(n, pa.string())}, schema=PROMPTS), root / "prompts" / "prompts.parquet")
+        data = {**SMALL, "output_dir": str(root), "categories": {c: {"quota": 5, "prompts": 1} for c in IMAGE_CATS},
+                "scoring": {"reward_models": [{"name": m} for m in RM]},
+                "pairing": {"quorum": 5, "min_margin": 0.1, "max_margin": 2.0, "engine": engine},
+                "selection": {"max_winner_generator_share": 0.4}}
+        data["generators"] = [g for g in SMALL["generators"] if g["name"] == "tiny-sd15"]
+        result = Build(parse_config(data)).run(["pair", "select"])
+        out[engine] = pq.read_table(root / "pairs" / "pairs.parquet")
+        summary = {s.stage: s for s in result.summaries}
+        report = json.loads((root / "selection_report.json").read_text())
+    assert out["ray"].equals(out["local"])
+    reasons = out["local"].to_pandas().drop_reason.value_counts().to_dict()
+    assert reasons["near_duplicate"] > 0 and summary["pair"].dropped["near_duplicate"] == reasons["near_duplicate"]
+    assert reasons["too_easy"] > 0
+    assert summary["pair"].note == "(Ray Data groupby)"
+    for cat in IMAGE_CATS:
+        entry = report[cat]
+        assert entry["selected"] + entry["short"] == 5
+        assert max(entry["winner_generators"].values(), default=0) <= int(0.4 * entry["selected"])
+        if entry["short"]:
+            assert cat in summary["select"].note and "selection_report.json" in summary["select"].note
