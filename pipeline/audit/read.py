@@ -139,7 +139,7 @@ def _pair_row(rec: dict[str, Any], row: int, base: Path) -> dict[str, Any]:
     label = rec.get("label_0", rec.get("label"))
     return {
         "row": row,
-        "caption": rec.get("prompt", rec.get(CAPTION)),
+        "caption": rec.get("prompt", rec.get(CAPTION)) or None,  # csv has no null: an empty cell is missing
         "path_0": path_of("image_0"),
         "path_1": path_of("image_1"),
         "label_0": None if label in (None, "") else label,
