@@ -133,6 +133,7 @@ def plot_scores(title: str, scores: dict[str, tuple[np.ndarray, np.ndarray]]) ->
             ax.hist(lose, bins=bins, histtype="step", linewidth=1.8, color=_LOSE, label=f"loser (n={len(lose)})")
             ax.set_title(col)
             ax.set_ylabel("pairs")
+            ax.locator_params(axis="x", nbins=5)  # long tick labels (-0.325) must not run into each other
             ax.legend(fontsize="small")
         for ax in list(axes.flat)[len(scores):]:
             ax.set_axis_off()
@@ -150,6 +151,7 @@ def plot_margins(title: str, margins: dict[str, np.ndarray]) -> bytes:
             ax.axvline(0.0, color="black", linewidth=0.8)
             ax.set_title(f"{scorer} (n={len(values)})")
             ax.set_ylabel("pairs")
+            ax.locator_params(axis="x", nbins=5)
         for ax in list(axes.flat)[len(margins):]:
             ax.set_axis_off()
         fig.suptitle(title)
