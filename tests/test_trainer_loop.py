@@ -235,3 +235,13 @@ def test_flow_models_train_and_export_loadable_lora(tmp_path, vipo_cache, genera
     loaded = [n for n, _ in pipe.transformer.named_parameters() if "lora_A" in n]
     downs = [k for k in saved if "lora_A" in k or "lora.down" in k]
     assert loaded and len(loaded) == len(downs)  # every saved adapter found its layer
+
+
+def test_preflight_refuses_data_the_model_cannot_take(tmp_path, vipo_cache):
+    cfg = _cfg(tmp_path / "run", data={"modality": "video"}, cache_dir=str(vipo_cache))
+    with pytest.raises(ValueError, match="data.modality: video pairs need a video model; 'tiny-sd15' is a sd15 image model"):
+        train(cfg, loader=ColourPairs(1, 1))
+    wan = _cfg(tmp_path / "run", model={"generator": "tiny-wan21"}, data={"modality": "video", "num_frames": 8},
+               cache_dir=str(vipo_cache))
+    with pytest.raises(ValueError, match=r"data.num_frames: 8; the Wan VAE needs \(num_frames - 1\) % 4 == 0"):
+        train(wan, loader=ColourPairs(1, 1))

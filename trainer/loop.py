@@ -37,7 +37,7 @@ from trainer.losses import (
     poly_dpo_loss,
     sft_loss,
 )
-from trainer.models import FLOW_FAMILIES, TrainModel, load_train_model
+from trainer.models import FLOW_FAMILIES, TrainModel, load_train_model, resolve_spec
 from trainer.objectives import DEFAULT_BETA_FLOW, noise_pair
 
 __all__ = ["METRIC_COLUMNS", "TrainResult", "build_optimizer", "train", "train_step"]
@@ -161,6 +161,15 @@ def _build_loader(cfg: TrainConfig, rank: int, world_size: int) -> Iterable[Pair
     return build_loader(cfg.data, cfg.batch_size, rank=rank, world_size=world_size)
 
 
+def preflight(cfg: TrainConfig) -> None:
+    """Refuse data the model cannot take before anything is loaded (one line, naming the key)."""
+    family = resolve_spec(cfg.model.generator, cfg.model.path, cfg.model.pipeline_class).family
+    if cfg.data.modality == "video" and family != "wan21":
+        raise ValueError(f"data.modality: video pairs need a video model; {cfg.model.generator!r} is a {family} image model")
+    if family == "wan21" and cfg.data.modality == "video" and (cfg.data.num_frames - 1) % 4:
+        raise ValueError(f"data.num_frames: {cfg.data.num_frames}; the Wan VAE needs (num_frames - 1) % 4 == 0 (e.g. 5, 9, 33)")
+
+
 def train(cfg: TrainConfig, reporter: Reporter | None = None, *, loader: Iterable[PairBatch] | None = None) -> TrainResult:
     """Run (or resume) the training `cfg` describes; returns where the results are.
 
@@ -172,6 +181,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, loader: Iterabl
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
+    preflight(cfg)
     reporter = reporter or _Silent()
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from trainer.objectives import DiffusionObjective, FlowObjective, Objective
 
-__all__ = ["FAMILIES", "LORA_TARGETS", "TrainModel", "load_train_model"]
+__all__ = ["FAMILIES", "LORA_TARGETS", "TrainModel", "load_train_model", "resolve_spec"]
 
 FAMILIES = ("sd15", "sdxl", "sd3", "flux", "wan21")
 FLOW_FAMILIES = ("sd3", "flux", "wan21")
@@ -198,6 +198,19 @@ class TrainModel:
         return out / self.denoiser_attr
 
 
+def resolve_spec(generator: str, path: str | None = None, pipeline_class: str | None = None):
+    """The registry's GeneratorSpec for `generator` (overridden by path / pipeline_class); no loading."""
+    from pipeline.generators import resolve_generator
+    from schemas.config import GeneratorConfig
+
+    gcfg = GeneratorConfig(name=generator, model=path, pipeline_class=pipeline_class,
+                           modality="video" if pipeline_class == "WanPipeline" else ("image" if pipeline_class else None))
+    spec = resolve_generator(gcfg)
+    if spec.family not in FAMILIES:
+        raise ValueError(f"generator {generator!r}: family {spec.family!r} has no trainer support; supported: {list(FAMILIES)}")
+    return spec
+
+
 def load_train_model(
     generator: str,
     *,
@@ -223,16 +236,10 @@ def load_train_model(
     `lora_rank=None` trains the full denoiser against a frozen copy. Frozen parts run in the
     mixed-precision dtype; trainable parameters stay float32 (accelerate autocasts the forward).
     """
-    from pipeline.generators import load_pipeline, resolve_generator
+    from pipeline.generators import load_pipeline
     from pipeline.models import default_cache_dir, generator_path
-    from schemas.config import GeneratorConfig
 
-    gcfg = GeneratorConfig(name=generator, model=path, pipeline_class=pipeline_class,
-                           modality="video" if pipeline_class == "WanPipeline" else ("image" if pipeline_class else None))
-    spec = resolve_generator(gcfg)
-    if spec.family not in FAMILIES:
-        raise ValueError(f"generator {generator!r}: family {spec.family!r} has no trainer support; supported: {list(FAMILIES)}")
-    spec = replace(spec, dtype="float32")
+    spec = replace(resolve_spec(generator, path, pipeline_class), dtype="float32")
     folder = generator_path(spec, Path(cache_dir) if cache_dir else default_cache_dir())
     pipe = load_pipeline(spec, folder, device=str(device))
     weight_dtype = _DTYPES[mixed_precision]
