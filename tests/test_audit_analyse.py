@@ -96,6 +96,8 @@ def _row(**kw):
     ({"label_0": float("nan")}, "missing_field"),
     ({"label_0": 0.5}, "tie_label"),
     ({"label_0": "0"}, "scored"),  # csv labels arrive as text
+    ({"img_1": None, "error": "cannot read x.png"}, "corrupt_image"),
+    ({"img_1": None, "error": "cannot read x.png", "label_0": 0.5}, "tie_label"),
 ])
 def test_check_row(kw, status):
     assert check_row(_row(**kw))[0] == status

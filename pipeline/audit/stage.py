@@ -47,7 +47,7 @@ def check_row(row: dict[str, Any]) -> tuple[str, str | None]:
     if row.get("caption") is None:
         return "missing_field", "caption is missing"
     for i in (0, 1):
-        if row.get(f"img_{i}") is None:
+        if row.get(f"img_{i}") is None and not row.get("error"):  # error: a path given but unreadable
             return "missing_field", f"image {i} is missing"
     try:
         label = float(row["label_0"]) if row.get("label_0") is not None else None
