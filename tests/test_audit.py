@@ -194,6 +194,25 @@ def _shard(folder, samples: dict[str, dict[str, bytes]], generators: tuple[str, 
                    folder / "train-000000.parquet")
 
 
+def test_shard_units_stream_the_tar_in_batches(tmp_path):
+    from pipeline.audit.read import iter_unit, plan_units
+    from pipeline.audit.stage import check_row
+
+    folder = tmp_path / "shards" / "image"
+    jpg = encode_image(np.full((8, 8, 3), 9, np.uint8))
+    _shard(folder, {f"{i:016x}": {"json": b"{}", "txt": b"p", "win.jpg": jpg, "lose.jpg": jpg} for i in range(3)}, ("a", "b"))
+    side = pq.read_table(folder / "train-000000.parquet")
+    ghost = pa.table({"pair_id": ["ffffffffffffffff"], "prompt": ["not in the tar"], "winner_generator": ["a"],
+                      "loser_generator": ["b"]})
+    pq.write_table(pa.concat_tables([side, ghost]), folder / "train-000000.parquet")
+    (unit,) = plan_units(discover(tmp_path))
+    batches = list(iter_unit(unit, 2))
+    assert [len(b) for b in batches] == [2, 2]
+    rows = [r for b in batches for r in b]
+    assert [r["row"] for r in rows] == [0, 1, 2, 3] and rows[0]["img_0"] == jpg and rows[0]["model_1"] == "b"
+    assert [check_row(r)[0] for r in rows] == ["scored", "scored", "scored", "missing_field"]
+
+
 def test_shard_folder_input_images_and_videos(ray_session, vipo_cache, tmp_path):
     from pipeline.media import encode_video
 

@@ -32,6 +32,7 @@ from schemas.pickapic import CAPTION, IMAGE_COLUMNS, MODEL_COLUMNS, REQUIRED_COL
 
 PAIR_FILE_TYPES = (".jsonl", ".csv")
 PAIR_UNIT_ROWS = 256  # rows per unit of a jsonl/csv when unit_rows is not set
+MAX_MEMBER_BYTES = 1 << 29  # a shard member larger than this is not read (the row becomes corrupt_image)
 _FOOTER_BYTES = 1 << 16
 # Buffered, non-pre-buffered reads: pyarrow still decodes a row group's column chunk whole, but
 # this cuts the peak of reading a 200 MB row group from ~690 MB to ~500 MB RSS (measured).
@@ -246,31 +247,46 @@ def iter_unit(unit: dict[str, Any], batch_size: int) -> Iterator[list[dict[str, 
 
 
 def _iter_shard_unit(unit: dict[str, Any], batch_size: int) -> Iterator[list[dict[str, Any]]]:
-    """Rows of a shard slice: the sidecar gives ids, prompts and generators; the tar gives media."""
+    """Rows of a shard slice: the sidecar gives ids, prompts and generators; the tar, read as a
+    stream (a sample's members are contiguous), gives the media, a batch at a time."""
     cols = ["pair_id", "prompt"]
     names = set(pq.ParquetFile(unit["path"]).schema_arrow.names)
     cols += [c for c in ("winner_generator", "loser_generator") if c in names]
-    side: list[dict[str, Any]] = []
+    wanted: dict[str, dict[str, Any]] = {}
     for first, batch in _parquet_slice(unit["path"], unit["row_group"], unit["rg_offset"], unit["start"],
                                        unit["stop"], cols, 1 << 16):
-        side += [{"row": first + i, **r} for i, r in enumerate(batch.to_pylist())]
-    wanted = {r["pair_id"]: r for r in side}
-    media: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(unit["tar"], mode="r:") as tar:  # members are read as bytes, never extracted
+        wanted.update((r["pair_id"], {"row": first + i, **r}) for i, r in enumerate(batch.to_pylist()))
+
+    def row(key: str, files: dict[str, bytes], error: str | None) -> dict[str, Any]:
+        r = wanted.pop(key)
+        pick = lambda side: next((v for k, v in files.items() if k.startswith(f"{side}.")), None)
+        return {"row": r["row"], "caption": r["prompt"], "img_0": pick("win"), "img_1": pick("lose"), "label_0": 1.0,
+                "model_0": r.get("winner_generator"), "model_1": r.get("loser_generator"), "error": error,
+                "video": any(k.endswith(".mp4") for k in files)}
+
+    out: list[dict[str, Any]] = []
+    key, files, error = None, {}, None
+    with tarfile.open(unit["tar"], mode="r|") as tar:  # a stream: members are read as bytes, never extracted
         for member in tar:
-            key, _, suffix = member.name.rpartition("/")[2].partition(".")
-            if key in wanted and member.isfile() and suffix.split(".")[0] in ("win", "lose"):
-                media.setdefault(key, {})[suffix] = tar.extractfile(member).read()
-    rows = []
-    for r in side:
-        files = media.get(r["pair_id"], {})
-        win = next((v for k, v in files.items() if k.startswith("win.")), None)
-        lose = next((v for k, v in files.items() if k.startswith("lose.")), None)
-        rows.append({"row": r["row"], "caption": r["prompt"], "img_0": win, "img_1": lose, "label_0": 1.0,
-                     "model_0": r.get("winner_generator"), "model_1": r.get("loser_generator"),
-                     "video": any(k.endswith(".mp4") for k in files)})
-    for i in range(0, len(rows), batch_size):
-        yield rows[i : i + batch_size]
+            k, _, suffix = member.name.rpartition("/")[2].partition(".")
+            if k != key:
+                if key in wanted:
+                    out.append(row(key, files, error))
+                key, files, error = k, {}, None
+                if len(out) >= batch_size:
+                    yield out
+                    out = []
+            if k not in wanted or not member.isfile() or suffix.split(".")[0] not in ("win", "lose"):
+                continue
+            if member.size > MAX_MEMBER_BYTES:
+                error = f"{member.name} is {member.size} bytes, over the {MAX_MEMBER_BYTES}-byte limit"
+                continue
+            files[suffix] = tar.extractfile(member).read()
+    if key in wanted:
+        out.append(row(key, files, error))
+    out += [row(k, {}, None) for k in sorted(wanted, key=lambda k: wanted[k]["row"])]  # in the sidecar, not the tar
+    for i in range(0, len(out), batch_size):
+        yield out[i : i + batch_size]
 
 
 # -- reading input rows back (exports, report examples) ----------------------------------------------
