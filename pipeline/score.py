@@ -9,7 +9,13 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.stage import ActorStage
-from schemas.tables import VIDEO_METRIC_NAMES, raw_scores_schema, scores_schema
+from schemas.tables import (
+    COMBINED_ADVANTAGE,
+    REWARD_MODEL_NAMES,
+    VIDEO_METRIC_NAMES,
+    raw_scores_schema,
+    scores_schema,
+)
 
 # Reward models whose CLIP image tower gives the frame features for subject consistency, in preference order.
 _FEATURE_MODELS = ("clipscore", "pickscore", "aesthetic")
@@ -109,7 +115,8 @@ class ScoreStage(ActorStage):
 
 
 def add_group_stats(raw: pa.Table, scorers: list[str]) -> pa.Table:
-    """Per scorer: the prompt group's mean and (population) std, and (score - mean) / std."""
+    """Per scorer: the prompt group's mean and (population) std, and (score - mean) / std; then the
+    mean of the reward models' advantages (NaN when any of them is missing)."""
     df = raw.to_pandas()
     groups = df.groupby("prompt_id", sort=False)
     for s in scorers:
@@ -119,6 +126,8 @@ def add_group_stats(raw: pa.Table, scorers: list[str]) -> pa.Table:
         df[f"{s}_group_std"] = std
         df[f"{s}_advantage"] = np.where(std > 0, (df[s] - mean) / std.where(std > 0, 1.0), 0.0)
         df.loc[df[s].isna(), f"{s}_advantage"] = np.nan
+    rewards = [f"{s}_advantage" for s in scorers if s in REWARD_MODEL_NAMES]
+    df[COMBINED_ADVANTAGE] = df[rewards].mean(axis=1, skipna=False) if rewards else np.nan
     schema = scores_schema(scorers)
     return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
 

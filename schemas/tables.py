@@ -41,8 +41,12 @@ CANDIDATES = pa.schema(
 )
 
 
+COMBINED_ADVANTAGE = "combined_advantage"  # mean of the reward models' advantages (video metrics excluded)
+
+
 def scores_schema(scorers: Sequence[str]) -> pa.Schema:
-    """One float per scorer plus the prompt group's mean/std and the group-relative advantage."""
+    """One float per scorer plus the prompt group's mean/std and the group-relative advantage, and the
+    reward models' combined advantage (one number a GRPO-style trainer can rank a group by)."""
     fields = [
         ("candidate_id", pa.string()),
         ("prompt_id", pa.string()),
@@ -56,7 +60,7 @@ def scores_schema(scorers: Sequence[str]) -> pa.Schema:
             (f"{s}_group_std", pa.float32()),
             (f"{s}_advantage", pa.float32()),
         ]
-    return pa.schema(fields)
+    return pa.schema(fields + [(COMBINED_ADVANTAGE, pa.float32())])
 
 
 def raw_scores_schema(scorers: Sequence[str]) -> pa.Schema:

@@ -2,6 +2,7 @@
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 
 from pipeline.pair import BELOW_QUORUM, NO_MAJORITY, TIE, form_pairs
 from pipeline.score import add_group_stats
@@ -110,3 +111,18 @@ def test_select_caps_quota_and_interleaves():
     assert set(first4.index) == {"aesthetics", "composition"}  # a prefix holds both categories
     again = select_pairs(pairs, prompts, cfg).selected
     assert again.equals(sel.selected)
+
+
+def test_combined_advantage_is_the_reward_models_mean():
+    names = ["pickscore", "hpsv21", "temporal_flicker"]
+    raw = pa.table(
+        {"candidate_id": ["a", "b", "c"], "prompt_id": ["p", "p", "p"], "category": ["motion_quality"] * 3,
+         "modality": ["video"] * 3, "pickscore": [1.0, 2.0, 3.0], "hpsv21": [0.3, 0.1, 0.2],
+         "temporal_flicker": [9.0, 0.0, 0.0]},
+        schema=raw_scores_schema(names),
+    )
+    d = add_group_stats(raw, names).to_pandas().set_index("candidate_id")
+    sd = np.sqrt(2 / 3)  # population std of (1, 2, 3); also of (0.3, 0.1, 0.2) x 10
+    expected = {"a": (-1 / sd + 1 / sd) / 2, "b": (0.0 - 1 / sd) / 2, "c": (1 / sd + 0.0) / 2}
+    for cid, value in expected.items():  # the video metric does not enter the combined advantage
+        assert d.loc[cid, "combined_advantage"] == pytest.approx(value, abs=1e-6)
