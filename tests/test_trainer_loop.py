@@ -245,3 +245,13 @@ def test_preflight_refuses_data_the_model_cannot_take(tmp_path, vipo_cache):
                cache_dir=str(vipo_cache))
     with pytest.raises(ValueError, match=r"data.num_frames: 8; the Wan VAE needs \(num_frames - 1\) % 4 == 0"):
         train(wan, loader=ColourPairs(1, 1))
+
+
+def test_missing_tracker_is_a_clear_error(tmp_path, vipo_cache):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is not None:
+        pytest.skip("tensorboard is installed here")
+    cfg = _cfg(tmp_path / "run", report_to="tensorboard", cache_dir=str(vipo_cache))
+    with pytest.raises(RuntimeError, match=r"report_to: tensorboard is not installed \(pip install tensorboard\)"):
+        train(cfg, loader=ColourPairs(1, 1))
