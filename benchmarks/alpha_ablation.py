@@ -185,6 +185,28 @@ def table(values: dict, fmt: str, best) -> str:
     return "\n".join(lines)
 
 
+def paired_table(values: dict, fmt: str) -> str:
+    """Mean over seeds of (cell - the alpha = 0 cell of the same seed): seeds share data and init."""
+    others = [a for a in ALPHAS if a != 0.0]
+    lines = ["| regime | " + " | ".join(f"alpha={a:g}" for a in others) + " |", "| --- " * (len(others) + 1) + "|"]
+    for r in REGIMES:
+        base = np.array(values[f"{r}|0.0"])
+        lines.append(f"| {r} | " + " | ".join(f"{np.mean(np.array(values[f'{r}|{a}']) - base):{fmt}}" for a in others) + " |")
+    return "\n".join(lines)
+
+
+def report(results: dict, args, seconds: float) -> None:
+    print(f"\nheld-out preference accuracy on clean pairs (mean ± std over {args.seeds} seeds; "
+          f"{args.steps} Poly-DPO steps of {args.batch} pairs, beta {args.beta:g}, lr {args.lr:g}, "
+          f"{args.flip:.0%} flipped in 'conflicting'; {seconds:.0f}s)\n")
+    print(table(results["accuracy"], ".3f", lambda m: int(np.argmax(m))))
+    print("\npaired difference to alpha = 0 (same seed, data and initialisation), mean over seeds\n")
+    print(paired_table(results["accuracy"], "+.3f"))
+    print("\nchange of the policy's denoising error on the held-out images vs the reference, % (drift; lower is closer)\n")
+    print(table(results["error_change_pct"], "+.2f", lambda m: int(np.argmin(np.abs(m)))))
+    print("\nnote: at a fixed step budget alpha also rescales the gradient (x(1 + alpha p)); see docs/poly_dpo_ablation.md")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3, help="seeds per cell (data, reference, policy)")
@@ -200,24 +222,25 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--ref-lr", type=float, default=2e-3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: per-step cost is op overhead, not FLOPs)")
-    ap.add_argument("--json", help="also write the per-seed accuracies here")
+    ap.add_argument("--json", help="also write the per-seed results here")
+    ap.add_argument("--from-json", help="print the tables of a saved --json run instead of running")
     ap.add_argument("--quick", action="store_true", help="2 seeds, 20 steps, 80 reference steps")
     args = ap.parse_args()
     if args.quick:
         args.seeds, args.steps, args.ref_steps = 2, 20, 80
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        report(saved, argparse.Namespace(**saved["args"]), float(saved.get("seconds", 0)))
+        return
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     results = run(args)
-    print(f"\nheld-out preference accuracy on clean pairs (mean ± std over {args.seeds} seeds; "
-          f"{args.steps} Poly-DPO steps of {args.batch} pairs, beta {args.beta:g}, lr {args.lr:g}, "
-          f"{args.flip:.0%} flipped in 'conflicting'; {time.perf_counter() - t0:.0f}s)\n")
-    print(table(results["accuracy"], ".3f", lambda m: int(np.argmax(m))))
-    print("\nchange of the policy's denoising error on the held-out images vs the reference, % (drift; lower is closer)\n")
-    print(table(results["error_change_pct"], "+.2f", lambda m: int(np.argmin(np.abs(m)))))
-    print("\nnote: at a fixed step budget alpha also rescales the gradient (x(1 + alpha p)); see docs/poly_dpo_ablation.md")
+    seconds = time.perf_counter() - t0
+    report(results, args, seconds)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), **results}, f, indent=1)
+            json.dump({"args": vars(args), "seconds": seconds, **results}, f, indent=1)
 
 
 if __name__ == "__main__":
