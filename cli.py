@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -45,9 +44,9 @@ class RichReporter:
 @app.command()
 def build(
     config: Path = typer.Option(DEMO_CONFIG, "--config", "-c", help="Build config (YAML). Default: the embedded demo."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Build folder; overrides the config's output_dir."),
-    stages: Optional[str] = typer.Option(None, help="Comma-separated stages to (re)run, e.g. score,pair,select."),
-    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="Join this Ray cluster."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Build folder; overrides the config's output_dir."),
+    stages: str | None = typer.Option(None, help="Comma-separated stages to (re)run, e.g. score,pair,select."),
+    ray_address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help="Join this Ray cluster."),
 ) -> None:
     """Build a preference dataset: prompts -> generate -> score -> pair -> judge -> select -> write."""
     from pipeline.build import Build, StageInputError, parse_stages
@@ -126,9 +125,9 @@ def audit(
         Path(__file__).resolve().parent / "configs" / "audit-demo.yaml", "--config", "-c",
         help="Audit config (YAML). Default: five tiny reward models on CPU.",
     ),
-    limit: Optional[int] = typer.Option(None, min=1, help="Audit only the first N rows of the input."),
-    batch_size: Optional[int] = typer.Option(None, min=1, help="Pairs per model call; overrides resources.batch_size."),
-    ray_address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="Join this Ray cluster."),
+    limit: int | None = typer.Option(None, min=1, help="Audit only the first N rows of the input."),
+    batch_size: int | None = typer.Option(None, min=1, help="Pairs per model call; overrides resources.batch_size."),
+    ray_address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help="Join this Ray cluster."),
 ) -> None:
     """Measure how noisy a preference dataset is: reward-model agreement, conflicts, clean/conflicting exports."""
     from pipeline.audit.read import AuditInputError
@@ -178,7 +177,7 @@ class _TrainReporter(RichReporter):
 @app.command()
 def train(
     config: Path = typer.Option(..., "--config", "-c", help="Train config (YAML), e.g. configs/train-demo.yaml."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder; overrides the config's output_dir."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder; overrides the config's output_dir."),
 ) -> None:
     """Fine-tune a diffusion model with Poly-DPO on preference pairs (resumes from the latest checkpoint)."""
     from schemas.config import ConfigError

@@ -77,12 +77,12 @@ class GenerateStage(ActorStage):
     def process(self, tasks: list[dict[str, Any]]) -> pa.Table:
         try:
             outputs: list = self._render(tasks)
-        except Exception:  # noqa: BLE001 - retry one by one: a bad item or memory pressure should not sink the unit
+        except Exception:
             outputs = []
             for t in tasks:
                 try:
                     outputs.append(self._render([t])[0])
-                except Exception as err:  # noqa: BLE001 - recorded as the candidate's failure reason
+                except Exception as err:
                     outputs.append(err)
         return pa.Table.from_pylist([self._row(t, out) for t, out in zip(tasks, outputs)], schema=CANDIDATES)
 

@@ -122,11 +122,6 @@ def probe_video(path_or_bytes: str | Path | bytes) -> dict:
                 "height": s.codec_context.height, "codec": s.codec_context.name}
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the whole new one, never a part."""
-    write_bytes(path, data)
-
-
 class MediaStore:
     """Media files under one root: a local folder, or any fsspec URL (s3://, gs://, file://, ...).
 
@@ -144,7 +139,7 @@ class MediaStore:
 
     def write(self, key: str, data: bytes) -> None:
         if not self.remote:
-            write_atomic(Path(self.root) / key, data)
+            write_bytes(Path(self.root) / key, data)
             return
         import fsspec
 

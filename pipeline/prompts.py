@@ -23,7 +23,7 @@ import re
 import string
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +98,7 @@ class Template:
     slots: tuple[tuple[str, np.ndarray], ...]  # per position: (field name, its values as an object array)
 
     @classmethod
-    def parse(cls, text: str) -> "Template":
+    def parse(cls, text: str) -> Template:
         pieces: list[str] = []
         slot_keys: list[tuple[str, str]] = []  # (field, article "", "a" or "A")
         in_quote = False
@@ -173,7 +173,7 @@ class Template:
         return {f: vocab[int(d[f][0])] for fields, vocab in self.groups for f in fields}
 
 
-@lru_cache(maxsize=None)
+@cache
 def templates(category: str) -> tuple[Template, ...]:
     if category not in CATEGORIES:
         raise ValueError(f"unknown category {category!r}; expected one of {list(CATEGORIES)}")
@@ -423,7 +423,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, object, object]]:
 def _parquet_rows(path: Path) -> Iterator[tuple[str, object, object]]:
     try:
         table = pq.read_table(path)
-    except Exception as e:  # noqa: BLE001 - any reader error is the same user-facing problem
+    except Exception as e:
         raise ValueError(f"{path}: not a readable parquet file ({e})") from None
     missing = [k for k in ("prompt", "category") if k not in table.column_names]
     if missing:

@@ -30,7 +30,7 @@ class ActorStage(abc.ABC):
 
     name = "stage"
 
-    def setup(self) -> None:  # noqa: B027 - optional hook
+    def setup(self) -> None:
         """Load models; runs on the actor, never on the driver."""
 
     @abc.abstractmethod

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
-def _write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """Readers see the old file or the whole new one, never a part: a temp file in the same folder
     (same filesystem, so the rename is atomic) is written, fsynced and renamed over `path`; on any
     error it is removed. Parent folders are created."""
@@ -49,12 +49,12 @@ def _write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path
 
 def write_table(table: pa.Table, path: str | Path) -> Path:
     """Write a parquet file atomically."""
-    return _write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
+    return write_atomic(path, lambda f: pq.write_table(table, f, compression="zstd"))
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write bytes atomically."""
-    return _write_atomic(path, lambda f: f.write(data))
+    return write_atomic(path, lambda f: f.write(data))
 
 
 def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:

@@ -88,7 +88,7 @@ def _decodes(member: str, data: bytes) -> str | None:
 
         decode_image(data).load()
         return None
-    except Exception as err:  # noqa: BLE001 - reported, not raised
+    except Exception as err:
         return f"{type(err).__name__}: {err}"
 
 
@@ -151,7 +151,7 @@ def _read_sidecar(path: Path) -> tuple[dict[str, list] | None, str | None]:
     columns = list(dict.fromkeys(["pair_id", *(col for cols, _ in COUNTED.values() for col in cols)]))
     try:
         table = pq.read_table(path, columns=columns)
-    except Exception as err:  # noqa: BLE001 - reported, not raised (pyarrow raises many types here)
+    except Exception as err:
         return None, f"{type(err).__name__}: {err}"
     return {name: table.column(name).to_pylist() for name in columns}, None
 

@@ -27,11 +27,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from pipeline.store import _write_atomic, write_bytes, write_table
+from pipeline.store import write_atomic, write_bytes, write_table
 from schemas.ids import canonical_json
 from schemas.shard import (
     DATASET_VERSION,
     MANIFEST_NAME,
+    TAR_MODE,
     TAR_MTIME,
     TAR_OWNER,
     media_extension,
@@ -43,7 +44,6 @@ from schemas.shard import (
 _RECORD_COLS = ("candidate_id", "generator", "seed", "params", "width", "height", "num_frames", "fps", "media_path")
 _ADVANTAGE_SUFFIX = "_advantage"  # scores_schema's per-scorer advantage columns: f"{scorer}_advantage"
 _SCORE, _ADV = "score:", "advantage:"  # prefixes of the flat record columns handed to the shard tasks
-TAR_MODE = 0o444  # members are read-only
 
 
 def _num(x: Any) -> Any:
@@ -148,7 +148,7 @@ def _write_shard(
                     info.uname = info.gname = TAR_OWNER
                     tar.addfile(info, io.BytesIO(data))
 
-    _write_atomic(Path(folder) / name, write_tar)
+    write_atomic(Path(folder) / name, write_tar)
     side = (rows.drop_columns(["order"])
             .append_column("winner_generator", winners["generator"])
             .append_column("loser_generator", losers["generator"])

@@ -37,7 +37,7 @@ class AestheticScore(HFCLIPRewardModel):
         dtype: torch.dtype = torch.float32,
         processor: str | None = None,
         mlp_path: str | None = None,
-    ) -> "AestheticScore":
+    ) -> AestheticScore:
         """`path`: the CLIP folder (or hub id, then `mlp_path` is required); `mlp_path`: the MLP file,
         by default the first of `MLP_FILES` found in `path`."""
         parts = cls._load_clip(path, device, dtype, processor)
@@ -54,7 +54,7 @@ class AestheticScore(HFCLIPRewardModel):
         return cls(mlp=mlp, **parts)
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> "AestheticScore":
+    def tiny(cls, seed: int = 0) -> AestheticScore:
         parts = cls._tiny_clip(seed)
         return cls(mlp=LinearHead(parts["model"].config.projection_dim), **parts)
 

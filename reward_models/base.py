@@ -153,12 +153,12 @@ class RewardModel(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def from_pretrained(cls, path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "RewardModel":
+    def from_pretrained(cls, path: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> RewardModel:
         """Load the published checkpoint (hub id or local folder) or a folder written by `save_pretrained`."""
 
     @classmethod
     @abc.abstractmethod
-    def tiny(cls, seed: int = 0) -> "RewardModel":
+    def tiny(cls, seed: int = 0) -> RewardModel:
         """The same architecture at toy size, random weights, offline, deterministic in `seed`."""
 
     @abc.abstractmethod

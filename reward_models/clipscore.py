@@ -103,7 +103,7 @@ class HFCLIPRewardModel(RewardModel):
     @classmethod
     def from_pretrained(
         cls, path: str, device: str = "cpu", dtype: torch.dtype = torch.float32, processor: str | None = None
-    ) -> "HFCLIPRewardModel":
+    ) -> HFCLIPRewardModel:
         """`path`: hub id or folder of a transformers CLIP checkpoint. `processor`: where the tokenizer and
         `preprocessor_config.json` are, when not beside the weights."""
         return cls(**cls._load_clip(path, device, dtype, processor))
@@ -115,7 +115,7 @@ class HFCLIPRewardModel(RewardModel):
         return dict(model=CLIPModel(CLIPConfig(**TINY_CLIP)).eval(), tokenizer=tokenizer)
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> "HFCLIPRewardModel":
+    def tiny(cls, seed: int = 0) -> HFCLIPRewardModel:
         return cls(**cls._tiny_clip(seed))
 
     def save_pretrained(self, path: str) -> None:

@@ -48,7 +48,7 @@ class HPSv21(RewardModel):
         return (img * txt).sum(-1)
 
     @classmethod
-    def from_pretrained(cls, path: str = HUB_ID, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "HPSv21":
+    def from_pretrained(cls, path: str = HUB_ID, device: str = "cpu", dtype: torch.dtype = torch.float32) -> HPSv21:
         """`path`: a checkpoint file, a folder holding `HPS_v2.1_compressed.pt`, or a hub repo id."""
         if os.path.isfile(path):
             ckpt, folder = path, os.path.dirname(path)
@@ -63,7 +63,7 @@ class HPSv21(RewardModel):
         return cls(model.to(device, as_dtype(dtype)), cfg)
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> "HPSv21":
+    def tiny(cls, seed: int = 0) -> HPSv21:
         torch.manual_seed(seed)
         return cls(CLIP(**TINY_CFG, output_dict=True), TINY_CFG)
 

@@ -133,7 +133,7 @@ class ImageReward(RewardModel):
 
     # --- loading ------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str = HUB_ID, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "ImageReward":
+    def from_pretrained(cls, path: str = HUB_ID, device: str = "cpu", dtype: torch.dtype = torch.float32) -> ImageReward:
         """`path`: a folder in our layout or the published one, or the hub repo `THUDM/ImageReward`."""
         if os.path.isfile(os.path.join(path, "model.safetensors")):
             cfg = read_json(os.path.join(path, "config.json"))
@@ -165,7 +165,7 @@ class ImageReward(RewardModel):
         return tokenizer
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> "ImageReward":
+    def tiny(cls, seed: int = 0) -> ImageReward:
         tokenizer = tiny_tokenizer()
         vision = BlipVisionConfig(
             hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, image_size=224, patch_size=32,

@@ -14,12 +14,13 @@ clip moves and is informative only (`DESCRIPTIVE_METRICS`).
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from schemas.tables import VIDEO_METRIC_NAMES as VIDEO_METRICS  # noqa: E402 - the contract lives in schemas/
+from schemas.tables import VIDEO_METRIC_NAMES as VIDEO_METRICS
+
 """Every name `video_metrics` can return, in its order (`subject_consistency` only with features)."""
 
 DESCRIPTIVE_METRICS: frozenset[str] = frozenset({"dynamic_degree"})
@@ -66,7 +67,7 @@ def read_frames(source: str | Path | bytes, num_frames: int | None = None) -> np
             frames = reader.get_batch(list(picks)).asnumpy()
             if frames.ndim == 4 and frames.shape[-1] == 3:
                 return frames
-        except Exception:  # noqa: BLE001 - decord raises its own error types; PyAV below is the judge
+        except Exception:
             pass
     import av
 

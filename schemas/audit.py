@@ -9,16 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from schemas.config import (
-    ConfigError,
     RayConfig,
     ResourceConfig,
     RewardModelConfig,
-    _format_error,
-    _Strict,
+    Strict,
+    read_yaml,
+    validate_config,
 )
 from schemas.tables import REWARD_MODEL_NAMES
 
@@ -28,7 +27,7 @@ SCORED = "scored"
 SKIP_REASONS: tuple[str, ...] = ("missing_field", "bad_label", "tie_label", "image_too_large", "corrupt_image")
 
 
-class AuditConfig(_Strict):
+class AuditConfig(Strict):
     """How an audit scores a dataset. The default is the offline demo: five tiny models on CPU."""
 
     reward_models: list[RewardModelConfig] = Field(
@@ -70,33 +69,17 @@ class AuditConfig(_Strict):
 
 
 def parse_audit_config(data: Any, source: str = "<audit config>") -> AuditConfig:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: <root>: expected a mapping, got {type(data).__name__}")
-    try:
-        return AuditConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_error(source, err)) from None
+    return validate_config(AuditConfig, {} if data is None else data, source)
 
 
 def load_audit_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> AuditConfig:
     """Load and validate an audit YAML (None: the defaults); raises ConfigError with one line."""
-    data: Any = {}
-    source = "<default audit config>"
-    if path is not None:
-        path, source = Path(path), str(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: file not found") from None
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f"line {mark.line + 1}" if mark else "<root>"
-            raise ConfigError(f"{path}: {where}: invalid YAML ({getattr(err, 'problem', err)})") from None
+    if path is None:
+        return parse_audit_config(dict(overrides or {}), "<default audit config>")
+    data = read_yaml(path)
     if overrides:
         data = {**(data or {}), **overrides}
-    return parse_audit_config(data, source)
+    return parse_audit_config(data, str(path))
 
 
 def audit_scores_schema(scorers: list[str]) -> pa.Schema:

@@ -5,7 +5,7 @@ Every field carries its help text; a bad file fails with one line naming the fil
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -20,23 +20,25 @@ class ConfigError(ValueError):
     """A configuration problem, phrased as one line: `<file>: <key>: <what is wrong>`."""
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Config models refuse unknown keys (a typo is an error, not a silent default) and are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class CategoryConfig(_Strict):
+class CategoryConfig(Strict):
     quota: int = Field(ge=1, description="Pairs of this category to select into the dataset.")
     prompts: int = Field(ge=1, description="Prompts to draw from the library for this category.")
 
 
-class ResourceConfig(_Strict):
+class ResourceConfig(Strict):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (0 runs on CPU).")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per actor.")
     num_actors: int = Field(1, ge=1, description="Actors in the pool.")
     batch_size: int = Field(4, ge=1, description="Items per model call.")
 
 
-class GeneratorConfig(_Strict):
+class GeneratorConfig(Strict):
     name: str = Field(description="Registry name (sd15, sdxl, flux-dev, wan21-1.3b, tiny-sd15, ...) or a new name.")
     model: str | None = Field(
         None, description="Hub id or local folder; 'tiny' builds the family's toy twin offline. Default: the registry's."
@@ -56,7 +58,7 @@ class GeneratorConfig(_Strict):
     resources: ResourceConfig = Field(default_factory=ResourceConfig, description="Actor pool of this generator.")
 
 
-class RewardModelConfig(_Strict):
+class RewardModelConfig(Strict):
     name: str = Field(description=f"One of {', '.join(REWARD_MODEL_NAMES)}.")
     model: str = Field("tiny", description="Hub id or local folder of the checkpoint; 'tiny' builds a toy twin offline.")
     dtype: Dtype = Field("float32", description="Weights dtype.")
@@ -72,12 +74,12 @@ class RewardModelConfig(_Strict):
         return self
 
 
-class ScoreGroupConfig(_Strict):
+class ScoreGroupConfig(Strict):
     models: list[str] = Field(min_length=1, description="Reward models sharing one actor pool (media decoded once for them).")
     resources: ResourceConfig = Field(default_factory=ResourceConfig, description="This group's actor pool.")
 
 
-class ScoringConfig(_Strict):
+class ScoringConfig(Strict):
     reward_models: list[RewardModelConfig] = Field(min_length=1, description="Reward models scoring every candidate.")
     video_frames: int = Field(4, ge=2, description="Frames sampled per video for the image rewards.")
     resources: ResourceConfig = Field(default_factory=ResourceConfig, description="Score actor pool (all models per actor).")
@@ -103,7 +105,7 @@ class ScoringConfig(_Strict):
         return [([by_name[m] for m in g.models], g.resources) for g in self.groups]
 
 
-class PairingConfig(_Strict):
+class PairingConfig(Strict):
     quorum: int | None = Field(None, ge=1, description="Reward models that must prefer the winner; default: all.")
     min_margin: float = Field(
         0.0, ge=0, description="Minimum |score difference| / group std per scorer for it to count as a vote (ties)."
@@ -130,7 +132,7 @@ class PairingConfig(_Strict):
     ray_min_rows: int = Field(20_000_000, ge=1, description="Scored candidates from which engine auto uses Ray Data.")
 
 
-class SelectionConfig(_Strict):
+class SelectionConfig(Strict):
     max_winner_generator_share: float | None = Field(
         None,
         gt=0,
@@ -140,7 +142,7 @@ class SelectionConfig(_Strict):
     )
 
 
-class JudgeConfig(_Strict):
+class JudgeConfig(Strict):
     """The VLM rater asked about pairs that passed the reward-model rule (DESIGN.md, "VLM rater")."""
 
     backend: Literal["transformers", "vllm", "openai"] = Field(
@@ -161,7 +163,7 @@ class JudgeConfig(_Strict):
     resources: ResourceConfig = Field(default_factory=ResourceConfig, description="Rater actor pool.")
 
 
-class MediaConfig(_Strict):
+class MediaConfig(Strict):
     root: str | None = Field(
         None, description="Media folder or fsspec URL (s3://bucket/prefix, gs://...); default <output_dir>/media."
     )
@@ -175,17 +177,17 @@ class MediaConfig(_Strict):
         return self.min_video_side if modality == "video" else self.min_image_side
 
 
-class ShardConfig(_Strict):
+class ShardConfig(Strict):
     samples_per_shard: int = Field(1000, ge=1, description="Pairs per tar shard.")
     split: str = Field("train", pattern=r"^[a-z0-9_]+$", description="Split name in shard file names.")
 
 
-class RayConfig(_Strict):
+class RayConfig(Strict):
     address: str | None = Field(None, description="Cluster address; None starts a local instance (or RAY_ADDRESS).")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local instance; default: all.")
 
 
-class BuildConfig(_Strict):
+class BuildConfig(Strict):
     name: str = Field("vipo", description="Dataset name, used in the card.")
     output_dir: str = Field("./vipo-build", description="Build folder: manifests, media, shards, card.")
     seed: int = Field(0, description="Seed of prompt sampling and shuffling.")
@@ -230,7 +232,8 @@ class BuildConfig(_Strict):
         return self.pairing.quorum or len(self.scoring.reward_models)
 
 
-def _format_error(source: str, err: ValidationError) -> str:
+def format_error(source: str, err: ValidationError) -> str:
+    """pydantic's first error as `<source>: <key>: <message>` (and how many more there are)."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
     msg = first["msg"].removeprefix("Value error, ")
@@ -241,17 +244,21 @@ def _format_error(source: str, err: ValidationError) -> str:
     return f"{source}: {loc}: {msg}{extra}"
 
 
-def parse_config(data: Any, source: str = "<config>") -> BuildConfig:
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_config(model: type[M], data: Any, source: str) -> M:
+    """Validate plain data against a config model; ConfigError with one line on any problem."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: <root>: expected a mapping, got {type(data).__name__}")
     try:
-        return BuildConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_error(source, err)) from None
+        raise ConfigError(format_error(source, err)) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> BuildConfig:
-    """Load and validate a YAML build config; raises ConfigError with one line on any problem."""
+def read_yaml(path: str | Path, overrides: dict[str, Any] | None = None) -> Any:
+    """Plain data from a YAML file (safe_load: no tags, no objects), top-level keys overridden."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -263,6 +270,13 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Bu
         raise ConfigError(f"{path}: {where}: invalid YAML ({getattr(err, 'problem', err)})") from None
     if isinstance(data, dict) and overrides:
         data = {**data, **overrides}
-    return parse_config(data, str(path))
+    return data
 
 
+def parse_config(data: Any, source: str = "<config>") -> BuildConfig:
+    return validate_config(BuildConfig, data, source)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> BuildConfig:
+    """Load and validate a YAML build config; raises ConfigError with one line on any problem."""
+    return parse_config(read_yaml(path, overrides), str(path))

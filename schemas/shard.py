@@ -9,6 +9,7 @@ SIDECAR_PATTERN = "{split}-{index:06d}.parquet"
 MANIFEST_NAME = "manifest.json"
 TAR_MTIME = 0  # fixed member mtime: the same data gives byte-identical tars
 TAR_OWNER = "vipo"
+TAR_MODE = 0o444  # members are read-only
 
 IMAGE_EXTENSIONS = ("jpg", "png", "webp")
 VIDEO_EXTENSION = "mp4"

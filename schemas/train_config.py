@@ -9,16 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from schemas.config import ConfigError, _format_error, _Strict
+from schemas.config import Strict, read_yaml, validate_config
 from schemas.train_data import TrainDataConfig
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     generator: str = Field(
         description="Generator registry name (sd15, sdxl, sd35-medium, flux-dev, wan21-1.3b, tiny-sd15, ...) "
         "or a new name with pipeline_class and path."
@@ -34,7 +33,7 @@ class ModelConfig(_Strict):
     flux_guidance: float = Field(3.5, ge=0, description="FLUX guidance-distilled models: the guidance value fed during training.")
 
 
-class LoraSettings(_Strict):
+class LoraSettings(Strict):
     rank: int = Field(16, ge=1, description="LoRA rank r.")
     alpha: float | None = Field(None, gt=0, description="LoRA alpha (scale = alpha / r); default: equal to the rank.")
     target_modules: list[str] = Field(
@@ -44,7 +43,7 @@ class LoraSettings(_Strict):
     )
 
 
-class ObjectiveConfig(_Strict):
+class ObjectiveConfig(Strict):
     beta: float | None = Field(
         None, gt=0, description="DPO KL strength; default 5000 for epsilon/v models (Diffusion-DPO), 2500 for flow models."
     )
@@ -63,7 +62,7 @@ class ObjectiveConfig(_Strict):
     )
 
 
-class OptimConfig(_Strict):
+class OptimConfig(Strict):
     optimizer: Literal["adamw", "adamw8bit", "adafactor"] = Field(
         "adamw", description="adamw (torch), adamw8bit (bitsandbytes, installed separately) or adafactor (transformers)."
     )
@@ -79,7 +78,7 @@ class OptimConfig(_Strict):
     warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 over this many optimiser steps.")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     output_dir: str = Field("./vipo-train", description="Run folder: metrics.csv, checkpoints/, final weights.")
     seed: int = Field(0, description="Seed of LoRA init, VAE sampling, noise and timesteps (per step, so resume is exact).")
     model: ModelConfig = Field(description="The model to fine-tune.")
@@ -114,12 +113,7 @@ class TrainConfig(_Strict):
 
 
 def parse_train_config(data: Any, source: str = "<train config>") -> TrainConfig:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: <root>: expected a mapping, got {type(data).__name__}")
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_error(source, err)) from None
+    return validate_config(TrainConfig, data, source)
 
 
 def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -128,15 +122,4 @@ def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None)
     Relative data paths are kept as written (resolved against the working directory, like the
     build config's output_dir).
     """
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "<root>"
-        raise ConfigError(f"{path}: {where}: invalid YAML ({getattr(err, 'problem', err)})") from None
-    if isinstance(data, dict) and overrides:
-        data = {**data, **overrides}
-    return parse_train_config(data, str(path))
+    return parse_train_config(read_yaml(path, overrides), str(path))

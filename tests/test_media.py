@@ -16,8 +16,8 @@ from pipeline.media import (
     probe_video,
     read_video_frames,
     sha256_hex,
-    write_atomic,
 )
+from pipeline.store import write_bytes
 
 
 def _smooth_image(h: int = 48, w: int = 64) -> np.ndarray:
@@ -83,7 +83,7 @@ def test_video_round_trip(tmp_path):
     assert back.shape == frames.shape and back.dtype == np.uint8
     assert np.abs(back.astype(int) - frames).mean() < 3  # lossy, but close
     path = tmp_path / "v.mp4"
-    write_atomic(path, data)
+    write_bytes(path, data)
     assert np.array_equal(read_video_frames(path), back)  # a path reads the same as bytes
     picked = read_video_frames(path, num_frames=3)
     assert picked.shape == (3, 32, 48, 3)
@@ -105,13 +105,13 @@ def test_video_odd_size_is_padded_and_bad_input_refused():
 
 def test_write_atomic(tmp_path):
     path = tmp_path / "sub" / "a.bin"
-    write_atomic(path, b"first")
-    write_atomic(path, b"second")
+    write_bytes(path, b"first")
+    write_bytes(path, b"second")
     assert path.read_bytes() == b"second"
     assert sorted(p.name for p in path.parent.iterdir()) == ["a.bin"]  # no temp files left
 
     with pytest.raises(TypeError):
-        write_atomic(path, "not bytes")  # type: ignore[arg-type]
+        write_bytes(path, "not bytes")  # type: ignore[arg-type]
     assert path.read_bytes() == b"second"  # a failed write leaves the old file whole
     assert sorted(p.name for p in path.parent.iterdir()) == ["a.bin"]
     umask = os.umask(0)

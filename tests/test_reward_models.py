@@ -70,7 +70,7 @@ def mlp_by_hand(state: dict[str, torch.Tensor], x: torch.Tensor, prefix: str = "
 
 def blip_vit_by_hand(state: dict[str, torch.Tensor], x: torch.Tensor, heads: int) -> torch.Tensor:
     """BLIP's timm-style ViT (`models/vit.py`) written out on the published `blip.visual_encoder.*` keys."""
-    g = lambda k: state["blip.visual_encoder." + k]  # noqa: E731
+    g = lambda k: state["blip.visual_encoder." + k]
     patch = g("patch_embed.proj.weight").shape[-1]
     x = F.conv2d(x, g("patch_embed.proj.weight"), g("patch_embed.proj.bias"), stride=patch).flatten(2).transpose(1, 2)
     x = torch.cat([g("cls_token").expand(len(x), -1, -1), x], dim=1) + g("pos_embed")

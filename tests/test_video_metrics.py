@@ -75,7 +75,7 @@ def test_flicker_of_encoded_clips(tmp_path):
 
 
 def test_temporal_flicker_exact_values():
-    const = lambda v: np.full((2, 2, 3), v, dtype=np.uint8)  # noqa: E731
+    const = lambda v: np.full((2, 2, 3), v, dtype=np.uint8)
     assert temporal_flicker(np.stack([const(7)] * 5)) == 1.0
     assert temporal_flicker(const(7)[None]) == 1.0  # a single frame cannot flicker
     # MAEs 10 and 0 -> mean 5
@@ -214,7 +214,7 @@ def _moving_clip() -> np.ndarray:
 def test_metrics_through_lossless_mp4(tmp_path):
     clip = _moving_clip()
     write_mp4(tmp_path / "moving.mp4", clip, rgb=True)
-    feats = lambda c: c.reshape(len(c), 8, 8, 8, 8, 3).mean(axis=(2, 4)).reshape(len(c), -1) - 128.0  # noqa: E731
+    feats = lambda c: c.reshape(len(c), 8, 8, 8, 8, 3).mean(axis=(2, 4)).reshape(len(c), -1) - 128.0
     expected = video_metrics(clip, feats(clip))
     assert 0.5 < expected["motion_smoothness"] < 0.99 and expected["dynamic_degree"] > 0.01
     assert expected["subject_consistency"] < 0.99

@@ -268,7 +268,7 @@ def _completion(top: list[tuple[str, float]]) -> dict:
 class _Canned(BaseHTTPRequestHandler):
     """Answers POST /v1/chat/completions from the server's script: (status, body or None, delay_s)."""
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         srv = self.server
         with srv.lock:
@@ -395,7 +395,7 @@ def test_judge_stage_process(tmp_path, tiny_folder):
     # the winner is shown first: p_winner is P(winner better) as the rater itself reports it
     from pipeline.media import decode_image
 
-    img = lambda rel: decode_image((tmp_path / rel).read_bytes())  # noqa: E731
+    img = lambda rel: decode_image((tmp_path / rel).read_bytes())
     [j] = stage.rater.rate([PairQuery("x", "a cat", "aesthetics", [img("media/image/aa/w.jpg")], [img("media/image/aa/l.jpg")])])
     assert stage.process(image_tasks).column("p_winner")[0].as_py() == pytest.approx(j.p_first, abs=1e-6)
 

@@ -47,9 +47,9 @@ def _inputs(tmp: Path, n_pairs: int, combined: bool) -> tuple[pa.Table, pa.Table
         "width": pa.array([8 + i % 3 for i in range(n)], pa.int32()), "height": pa.array([8] * n, pa.int32()),
         "num_frames": pa.array([1] * n, pa.int32()), "status": pa.array(["ok"] * n),
     })
-    schema = scores_schema(SCORERS)
-    if combined:
-        schema = schema.append(pa.field("combined_advantage", pa.float32()))
+    schema = scores_schema(SCORERS)  # carries combined_advantage; older builds' tables do not
+    if not combined:
+        schema = schema.remove(schema.get_field_index("combined_advantage"))
     values = {"candidate_id": pa.array(cids)}
     for f in schema.names[4:]:
         values[f] = pa.array(rng.normal(size=n).astype(np.float32))
@@ -79,9 +79,10 @@ def _samples(folder: Path) -> list[dict]:
 
 
 def test_advantages_follow_the_scores_schema():
-    schema = scores_schema(["pickscore"]).append(pa.field("combined_advantage", pa.float32()))
+    schema = scores_schema(["pickscore"])
     assert advantage_columns(schema, ["pickscore"]) == {"pickscore": "pickscore_advantage", "combined": "combined_advantage"}
-    assert advantage_columns(scores_schema(["pickscore"]), ["pickscore"]) == {"pickscore": "pickscore_advantage"}
+    without = schema.remove(schema.get_field_index("combined_advantage"))
+    assert advantage_columns(without, ["pickscore"]) == {"pickscore": "pickscore_advantage"}
 
 
 def test_shards_carry_every_pair_in_order_with_its_records(ray_session, tmp_path):

@@ -37,13 +37,13 @@ class PairBatch:
     def is_video(self) -> bool:
         return self.pixels_w.ndim == 5
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "PairBatch":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> PairBatch:
         return PairBatch(
             self.pixels_w.to(device, dtype), self.pixels_l.to(device, dtype), self.prompts, self.categories, self.pair_ids
         )
 
     @staticmethod
-    def collate(items: list[dict]) -> "PairBatch":
+    def collate(items: list[dict]) -> PairBatch:
         """Stack per-pair dicts with keys pixels_w, pixels_l (3,H,W) or (3,F,H,W), prompt, category, pair_id."""
         return PairBatch(
             torch.stack([i["pixels_w"] for i in items]),

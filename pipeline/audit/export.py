@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.audit.read import AuditInputError, Source, row_tables
-from pipeline.store import _write_atomic
+from pipeline.store import write_atomic
 
 
 def _schema_of(sources: list[Source]) -> pa.Schema:
@@ -52,7 +52,7 @@ def export_rows(sources: list[Source], rows: dict[int, np.ndarray], path: str | 
                         writer.write_table(part.select(schema.names).cast(schema))
                         written += int(hi - lo)
 
-    _write_atomic(path, write)
+    write_atomic(path, write)
     return written
 
 

@@ -114,7 +114,7 @@ def thumbnail_uri(data: bytes, px: int, max_pixels: int, video: bool = False) ->
             img = Image.fromarray(frames[len(frames) // 2])
         else:
             img = decode_image(data, max_pixels=max_pixels)
-    except Exception:  # noqa: BLE001 - an example that does not decode is shown without its image
+    except Exception:
         return None
     img.thumbnail((px, px))
     buf = io.BytesIO()

@@ -77,7 +77,7 @@ def decode_pair(row: dict[str, Any], max_pixels: int) -> tuple[str, str | None, 
             if "refused before decoding" in str(err):
                 return "image_too_large", f"image {i}: {err}", []
             return "corrupt_image", f"image {i}: {err}", []
-        except Exception as err:  # noqa: BLE001 - PIL raises many types on malformed bytes; all mean "corrupt"
+        except Exception as err:
             return "corrupt_image", f"image {i}: {type(err).__name__}: {err}", []
     return SCORED, None, images
 
@@ -94,7 +94,7 @@ def decode_video_pair(row: dict[str, Any], max_pixels: int, max_frames: int, fra
         data = row[f"img_{i}"]
         try:
             info = probe_video(data)
-        except Exception as err:  # noqa: BLE001 - PyAV raises many types on malformed containers
+        except Exception as err:
             return "corrupt_image", f"video {i}: {type(err).__name__}: {err}", []
         w, h, n = info["width"], info["height"], info["num_frames"]
         if not n:  # unknown length: decoding could not be bounded
@@ -104,7 +104,7 @@ def decode_video_pair(row: dict[str, Any], max_pixels: int, max_frames: int, fra
                                        f"(max_pixels {max_pixels}, max_video_frames {max_frames})"), []
         try:
             clips.append([Image.fromarray(f) for f in read_video_frames(data, frames)])
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             return "corrupt_image", f"video {i}: {type(err).__name__}: {err}", []
     return SCORED, None, clips
 

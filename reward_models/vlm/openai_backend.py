@@ -83,7 +83,7 @@ class OpenAIBackend:
                 last = f"HTTP {err.code}: {detail}"
                 if err.code not in _RETRY_STATUS:
                     raise RaterRequestError(f"openai backend: POST {self.url} failed: {last}") from None
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 last = f"timed out after {self.timeout_s:g} s"
             except urllib.error.URLError as err:
                 if isinstance(err.reason, (TimeoutError, socket.timeout)):

@@ -23,7 +23,7 @@ import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from PIL import Image
 
@@ -31,7 +31,7 @@ from schemas.categories import CATEGORIES
 
 LABELS: tuple[str, str] = ("A", "B")
 
-Part = tuple[Literal["text", "image"], Union[str, Image.Image]]  # ("text", str) or ("image", PIL RGB)
+Part = tuple[Literal["text", "image"], str | Image.Image]  # ("text", str) or ("image", PIL RGB)
 
 
 class RaterAnswerError(ValueError):
