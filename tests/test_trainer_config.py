@@ -68,16 +68,6 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_train_config(bad)
 
 
-def _fields(model) -> set[str]:
-    names = set()
-    for name, field in model.model_fields.items():
-        names.add(name)
-        for sub in getattr(field.annotation, "__args__", (field.annotation,)):
-            if isinstance(sub, type) and hasattr(sub, "model_fields") and sub.__module__ == "schemas.train_config":
-                names |= _fields(sub)
-    return names
-
-
 def _shards(folder: Path, n: int) -> None:
     folder.mkdir(parents=True)
     with wds.TarWriter(str(folder / "train-000000.tar")) as sink:
