@@ -88,7 +88,7 @@ def build_optimizer(cfg: OptimConfig, params: list[torch.nn.Parameter]) -> torch
         try:
             import bitsandbytes as bnb
         except ImportError:
-            raise RuntimeError("optim.optimizer: adamw8bit needs bitsandbytes (pip install -e ".[gpu]"; CUDA only)") from None
+            raise RuntimeError("optim.optimizer: adamw8bit needs bitsandbytes (pip install -e '.[gpu]'; CUDA only)") from None
         return bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                    eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
     from transformers.optimization import Adafactor
@@ -152,7 +152,7 @@ class _MetricsCSV:
 def _check_tracker(name: str) -> None:
     module = {"tensorboard": "tensorboard", "wandb": "wandb"}[name]
     if importlib.util.find_spec(module) is None:
-        raise RuntimeError(f"report_to: {name} is not installed (pip install {module}, or pip install -e ".[logging]")")
+        raise RuntimeError(f"report_to: {name} is not installed (pip install {module}, or pip install -e '.[logging]')")
 
 
 def _build_loader(cfg: TrainConfig, rank: int, world_size: int) -> Iterable[PairBatch]:
