@@ -166,6 +166,7 @@ def run_shards(n_pairs: int, per_shard: int = 200) -> dict:
     for s in scorers:
         v = rng.normal(size=len(ids)).astype(np.float32)
         sc.update({s: v, f"{s}_group_mean": v * 0, f"{s}_group_std": v * 0 + 1, f"{s}_advantage": v})
+    sc["combined_advantage"] = np.mean([sc[f"{s}_advantage"] for s in scorers], axis=0)
     scores = pa.table(sc).cast(scores_schema(scorers))
     rows = [dict(pair_id=f"{i:016x}", prompt_id=f"p{i}", category="aesthetics", modality="image", winner_id=ids[2 * i],
                  loser_id=ids[2 * i + 1], **{f"margin_{s}": 1.0 for s in scorers}, agree=5, n_scorers=5, kept=True,

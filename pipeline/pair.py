@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.phash import PHASH_FRAMES, hamming, hex_words
+from pipeline.phash import PHASH_FRAMES, hamming, hex_words, lookup_ids
 from schemas.ids import _SEP, ID_HEX, pair_id
 from schemas.tables import pairs_schema
 
@@ -30,6 +32,7 @@ TOO_EASY = "too_easy"  # every agreeing scorer's normalised margin exceeds max_m
 REASONS: tuple[str, ...] = (MISSING_SCORE, TIE, NO_MAJORITY, BELOW_QUORUM, NEAR_DUPLICATE, TOO_EASY)
 
 CHUNK_ROWS = 500_000  # candidates paired at once (~1.8M pairs at groups of 8): bounds the temporaries
+PAIR_THREADS = min(4, os.cpu_count() or 1)  # blocks paired at once (each holds one block's temporaries)
 
 
 @dataclass(frozen=True)
@@ -118,15 +121,10 @@ def attach_phash(scores: pa.Table, candidates: pa.Table) -> pa.Table:
     Hex ids are matched as uint64 keys with a sorted search, which at 10M rows is several times faster
     than a hash join on the strings; other ids fall back to Arrow's join.
     """
-    sk, sv = hex_words(scores["candidate_id"], 1)
-    ck, cv = hex_words(candidates["candidate_id"], 1)
-    if not (sv.all() and cv.all()):
+    at = lookup_ids(scores["candidate_id"], candidates["candidate_id"])
+    if at is None:
         return scores.join(candidates.select(["candidate_id", "phash"]), "candidate_id", join_type="left outer")
-    order = np.argsort(ck[:, 0], kind="stable")
-    keys = ck[order, 0]
-    at = np.minimum(np.searchsorted(keys, sk[:, 0]), max(len(keys) - 1, 0))
-    found = keys[at] == sk[:, 0] if len(keys) else np.zeros(len(sk), bool)
-    phash = candidates["phash"].combine_chunks().take(pa.array(order[at], mask=~found))
+    phash = candidates["phash"].combine_chunks().take(pa.array(np.maximum(at, 0), mask=at < 0))
     return scores.append_column("phash", phash)
 
 
@@ -173,11 +171,16 @@ def form_pairs(
     if "phash" in t.column_names:
         hashes = {k: hex_words(t["phash"], k) for k in (1, PHASH_FRAMES)}
     strings = {c: _Strings(t[c]) for c in ("candidate_id", "prompt_id", "category", "modality")}
-    batches = []
-    for r0, r1 in _blocks(codes, CHUNK_ROWS):  # whole prompt groups per block: bounded index arrays
+
+    def block(edges: tuple[int, int]) -> pa.RecordBatch | None:
+        r0, r1 = edges
         ia, ib = _index_pairs(codes[r0:r1])
-        if len(ia):
-            batches.append(_chunk(strings, x, inv_std, hashes, ia + r0, ib + r0, scorers, rules, schema))
+        return _chunk(strings, x, inv_std, hashes, ia + r0, ib + r0, scorers, rules, schema) if len(ia) else None
+
+    # Whole prompt groups per block (bounded index arrays). numpy and Arrow release the GIL, so blocks on
+    # a few threads use the machine's cores; map keeps block order, so the table is the same either way.
+    with ThreadPoolExecutor(max_workers=PAIR_THREADS) as pool:
+        batches = [b for b in pool.map(block, _blocks(codes, CHUNK_ROWS)) if b is not None]
     return pa.Table.from_batches(batches, schema)
 
 
@@ -223,10 +226,7 @@ def _chunk(strings, x, inv_std, hashes, ia, ib, scorers, rules: PairRules, schem
         kept_ids = pa.array([pair_id(a, b) for a, b in zip(w, lo)], pa.string())
     else:
         kept_ids = pair_ids(win_b, lose_b)
-    ids = pa.nulls(len(ia), pa.string())
-    if len(keep_rows):
-        slot = np.cumsum(kept) - 1
-        ids = pc.if_else(pa.array(kept), kept_ids.take(pa.array(np.where(kept, slot, 0))), ids)
+    ids = _scatter_valid(kept_ids, kept)
     reason = pa.array(list(REASONS), pa.string()).take(pa.array(np.where(kept, 0, code), mask=kept))
     cols = {
         "pair_id": ids,
@@ -243,6 +243,23 @@ def _chunk(strings, x, inv_std, hashes, ia, ib, scorers, rules: PairRules, schem
     cols["kept"] = pa.array(kept)
     cols["drop_reason"] = reason
     return pa.RecordBatch.from_arrays([cols[f.name] for f in schema], schema=schema)
+
+
+def _scatter_valid(values: pa.Array, valid: np.ndarray) -> pa.StringArray:
+    """A string column with `values` at the rows where `valid` is set, in order, null elsewhere: the
+    values' bytes are reused and only offsets and the validity bitmap are built (no take, no if_else)."""
+    values = values.cast(pa.string())
+    n = len(valid)
+    if len(values) == 0:
+        return pa.nulls(n, pa.string())
+    vo = np.frombuffer(values.buffers()[1], np.int32)[values.offset : values.offset + len(values) + 1]
+    offsets = np.zeros(n + 1, np.int32)
+    offsets[1:][valid] = np.diff(vo)
+    offsets = np.cumsum(offsets, dtype=np.int32) + vo[0]
+    bitmap = np.packbits(valid, bitorder="little")
+    return pa.Array.from_buffers(
+        pa.string(), n, [pa.py_buffer(bitmap), pa.py_buffer(offsets), values.buffers()[2]], null_count=int(n - valid.sum())
+    )
 
 
 def form_pairs_for_group(batch: pa.Table, scorers: list[str], rules: PairRules) -> pa.Table:

@@ -87,6 +87,28 @@ def hex_words(hexes: pa.Array | pa.ChunkedArray | Sequence[str | None], n_words:
     return words, valid
 
 
+def lookup_ids(needles: pa.Array | pa.ChunkedArray, keys: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+    """Position of each needle id in `keys` (-1 where absent), for 16-hex ids; None for other ids.
+
+    Ids become uint64 words and are matched by sorted search, both sides sorted: at 10M rows this is
+    several times faster than Arrow's hash lookup on the strings, and random needles into 10M sorted
+    keys would miss the cache on every probe (11 s against 2 s).
+    """
+    nk, nv = hex_words(needles, 1)
+    kk, kv = hex_words(keys, 1)
+    if not (nv.all() and kv.all()):
+        return None
+    order = np.argsort(kk[:, 0], kind="stable")
+    sorted_keys = kk[order, 0]
+    if len(sorted_keys) == 0:
+        return np.full(len(nk), -1, np.int64)
+    by_needle = np.argsort(nk[:, 0])
+    at = np.empty(len(nk), np.int64)
+    at[by_needle] = np.searchsorted(sorted_keys, nk[by_needle, 0])
+    at = np.minimum(at, len(sorted_keys) - 1)
+    return np.where(sorted_keys[at] == nk[:, 0], order[at], -1)
+
+
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Mean Hamming distance over the hashed frames of two (N, k) uint64 hash arrays -> (N,) float."""
     return np.bitwise_count(np.bitwise_xor(a, b)).mean(axis=1)

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.phash import hex_words
+from pipeline.phash import hex_words, lookup_ids
 from schemas.config import BuildConfig
 from schemas.tables import selected_schema
 
@@ -91,9 +91,12 @@ def _generator_codes(kept: pa.Table, candidates: pa.Table | None, cats: list[str
     """(generator names, winner's generator code per pair, generators serving each category)."""
     if candidates is None:
         return [""], np.zeros(kept.num_rows, np.int64), np.ones(len(cats), np.int64)
-    at = pc.index_in(kept["winner_id"], value_set=candidates["candidate_id"].combine_chunks())
-    if at.null_count:
-        missing = kept["winner_id"].filter(pc.is_null(at))[0]
+    at = lookup_ids(kept["winner_id"], candidates["candidate_id"])
+    if at is None:  # ids that are not 16-hex (hand-made tables): Arrow's hash lookup
+        found = pc.index_in(kept["winner_id"], value_set=candidates["candidate_id"].combine_chunks())
+        at = found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    if (at < 0).any():
+        missing = kept["winner_id"][int(np.flatnonzero(at < 0)[0])]
         raise ValueError(f"winner candidate {missing} of the pairs table is not in the candidates table")
     enc = pc.dictionary_encode(candidates["generator"].combine_chunks())
     gen = enc.indices.to_numpy(zero_copy_only=False)
@@ -103,7 +106,7 @@ def _generator_codes(kept: pa.Table, candidates: pa.Table | None, cats: list[str
         cat = pc.index_in(candidates["category"], value_set=pa.array(cats, pa.string())).fill_null(len(cats))
         combos = np.unique(cat.to_numpy(zero_copy_only=False).astype(np.int64) * len(names) + gen)
         serving = np.maximum(np.bincount(combos // len(names), minlength=len(cats) + 1)[: len(cats)], 1)
-    return names, gen[at.to_numpy()], serving
+    return names, gen[at], serving
 
 
 def select_pairs(

@@ -306,3 +306,13 @@ def test_build_pair_and_select_stages_on_both_engines(ray_session, tmp_path):
         assert max(entry["winner_generators"].values(), default=0) <= int(0.4 * entry["selected"])
         if entry["short"]:
             assert cat in summary["select"].note and "selection_report.json" in summary["select"].note
+
+
+def test_lookup_ids_positions_absent_and_non_hex():
+    from pipeline.phash import lookup_ids
+
+    keys = pa.array(["00000000000000ff", "0000000000000001", "ffffffffffffffff", "0000000000000010"])
+    needles = pa.chunked_array([["0000000000000010", "1234567890abcdef"], ["ffffffffffffffff", "00000000000000ff"]])
+    assert lookup_ids(needles, keys).tolist() == [3, -1, 2, 0]
+    assert lookup_ids(pa.array(["not-a-hex-id"]), keys) is None  # callers fall back to Arrow's lookup
+    assert lookup_ids(needles, pa.array([], pa.string())).tolist() == [-1, -1, -1, -1]
