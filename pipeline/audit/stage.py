@@ -131,15 +131,9 @@ class AuditScoreStage(ActorStage):
     name = "audit"
 
     def setup(self) -> None:
-        import torch
+        from reward_models.registry import load_reward_models
 
-        from reward_models.registry import reward_model_class
-
-        device = "cuda" if self.resources.num_gpus > 0 else "cpu"
-        self.loaded = {
-            name: reward_model_class(name).from_pretrained(path, device=device, dtype=getattr(torch, dtype), **options)
-            for name, path, dtype, options in self.models
-        }
+        self.loaded = load_reward_models(self.models, "cuda" if self.resources.num_gpus > 0 else "cpu")
 
     @property
     def scorers(self) -> list[str]:
