@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 from pipeline.judge import DROP_DISAGREES, DROP_POSITION_INCONSISTENT, JUDGE_KEEPS, JudgeStage, judge_keeps, rater_model_path
-from pipeline.media import encode_image, encode_video, write_atomic
+from pipeline.media import encode_image, encode_video
+from pipeline.store import write_bytes
 from reward_models.vlm.openai_backend import OpenAIBackend, RaterRequestError
 from reward_models.vlm.prompting import chat_messages, images_of
 from reward_models.vlm_rater import (
@@ -375,7 +376,7 @@ def test_judge_stage_process(tmp_path, tiny_folder):
         "media/video/bb/l.mp4": encode_video(rng.integers(0, 256, (5, 32, 48, 3), dtype=np.uint8), fps=8),
     }
     for rel, data in files.items():
-        write_atomic(tmp_path / rel, data)
+        write_bytes(tmp_path / rel, data)
     cfg = JudgeConfig(model="tiny", image_size=56, video_frames=3)
     stage = JudgeStage(resources=ResourceConfig(batch_size=2), cfg=cfg, model_path=tiny_folder, media_root=str(tmp_path))
     stage = pickle.loads(pickle.dumps(stage))  # what Ray ships to the actor
