@@ -253,5 +253,5 @@ def test_missing_tracker_is_a_clear_error(tmp_path, vipo_cache):
     if importlib.util.find_spec("tensorboard") is not None:
         pytest.skip("tensorboard is installed here")
     cfg = _cfg(tmp_path / "run", report_to="tensorboard", cache_dir=str(vipo_cache))
-    with pytest.raises(RuntimeError, match=r"report_to: tensorboard is not installed \(pip install tensorboard\)"):
+    with pytest.raises(RuntimeError, match=r"report_to: tensorboard is not installed \(pip install tensorboard, or pip install -e '\.\[logging\]'\)"):
         train(cfg, loader=ColourPairs(1, 1))
