@@ -28,7 +28,8 @@ def _source_hash(*objs: object) -> str:
     return h.hexdigest()[:10]
 
 
-def _quiet_hf_progress() -> None:
+def quiet_hf_progress() -> None:
+    """diffusers' / transformers' own loading bars would tear through our rich progress display."""
     import diffusers
     import transformers
 
@@ -44,7 +45,7 @@ def materialise_tiny(kind: str, name: str, seed: int, save: Callable[[str], None
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent)
     try:
-        _quiet_hf_progress()
+        quiet_hf_progress()
         save(tmp)
         os.replace(tmp, folder)
     except OSError:

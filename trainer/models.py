@@ -237,8 +237,9 @@ def load_train_model(
     mixed-precision dtype; trainable parameters stay float32 (accelerate autocasts the forward).
     """
     from pipeline.generators import load_pipeline
-    from pipeline.models import default_cache_dir, generator_path
+    from pipeline.models import default_cache_dir, generator_path, quiet_hf_progress
 
+    quiet_hf_progress()
     spec = replace(resolve_spec(generator, path, pipeline_class), dtype="float32")
     folder = generator_path(spec, Path(cache_dir) if cache_dir else default_cache_dir())
     pipe = load_pipeline(spec, folder, device=str(device))

@@ -144,7 +144,7 @@ def run_audit(data: str | Path, out: str | Path, cfg: AuditConfig, limit: int | 
                      "detail": r["detail"]} for r in skipped.to_dict("records")]
     html = render_report(summary, _examples(sources, classified, scorers, cfg), skipped_rows)
     write_bytes(out / "report.html", html.encode("utf-8"))
-    export_summary = StageSummary("export", n_in=summary["pairs_scored"], n_out=exports["consistent"],
+    export_summary = StageSummary("export", n_in=summary["pairs_scored"], n_out=exports["consistent"] + exports["conflicting"],
                                   seconds=time.perf_counter() - t1,
                                   note=f"consistent {exports['consistent']}, conflicting {exports['conflicting']}")
     reporter.finish(export_summary)
