@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
+from pipeline.agreement import vote_agreement
 from pipeline.store import write_bytes
 from schemas.categories import CATEGORIES
 from schemas.config import BuildConfig
@@ -26,7 +27,6 @@ CARD_DIR, PLOTS_DIR = "card", "plots"  # card/README.md references card/plots/*.
 VLM_RATER = "vlm"  # the VLM rater's row/column in the agreement matrix
 DPI = 100
 _WIN, _LOSE = "#2a9d55", "#d1495b"
-_CHUNK = 1 << 20  # pairs per agreement-matrix product (float32 counts stay exact)
 
 
 @dataclass(frozen=True)
@@ -60,18 +60,7 @@ def agreement_matrix(pairs: pa.Table, scorers: list[str], judgements: pa.Table |
             p = judgements["p_winner"].take(at).to_numpy(zero_copy_only=False).astype(np.float64)
             prefs.append(_sign(p - 0.5))  # unjudged pairs (null -> NaN -> 0) do not count
             raters.append(VLM_RATER)
-    k = len(raters)
-    same, both = np.zeros((k, k), np.int64), np.zeros((k, k), np.int64)
-    for start in range(0, pairs.num_rows, _CHUNK):
-        # +1 / -1 / 0 per rater: p_i * p_j is +1 when i and j prefer the same candidate, -1 when they differ,
-        # 0 when either does not decide, so (|P|'|P| + P'P) / 2 counts agreements; float32 sums are exact
-        # below 2**24, hence the chunks
-        chunk = np.stack([pref[start : start + _CHUNK] for pref in prefs], axis=1).astype(np.float32)
-        signed, decided = chunk.T @ chunk, np.abs(chunk).T @ np.abs(chunk)
-        both += decided.astype(np.int64)
-        same += ((decided + signed) / 2).astype(np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(both > 0, same / np.maximum(both, 1), np.nan)
+    share, both = vote_agreement(np.stack(prefs, axis=1))
     return Agreement(raters, share, both)
 
 

@@ -50,7 +50,8 @@ def test_summary_exact_numbers():
     assert s["all_agree_with_each_other"] == {"pairs": 3, "share": 0.5}
     assert s["all_agree_with_label"] == {"pairs": 2, "share": 2 / 6}
     assert s["majority_agrees_with_label"] == {"pairs": 4, "share": 4 / 6}
-    expected = np.array([[5, 5, 3], [5, 6, 4], [3, 4, 6]]) / 6
+    # among the pairs both models decide (pickscore abstains on one): same vote / both decide
+    expected = np.array([[5 / 5, 5 / 5, 3 / 5], [5 / 5, 6 / 6, 4 / 6], [3 / 5, 4 / 6, 6 / 6]])
     np.testing.assert_allclose(s["pairwise_agreement"]["matrix"], expected, atol=1e-6)
     assert s["conflicts"]["pairs"] == 4
     assert list(s["conflicts"]["kinds"].items()) == [
@@ -209,3 +210,10 @@ def test_csv_pair_file_rows_resolve_paths_and_read_labels(tmp_path):
     assert [r["path_0"] for r in rows] == [str(tmp_path / "a.png")] * 2 and rows[1]["path_1"] is None
     assert rows[0]["img_0"] == img and [check_row(r)[0] for r in rows] == ["scored", "missing_field"]
     assert rows[0]["label_0"] == "0"  # csv text; check_row reads it as 0.0 (image 1 preferred)
+
+
+def test_pairwise_agreement_is_json_safe_when_a_model_never_decides():
+    from pipeline.audit.analyse import pairwise_agreement
+
+    v = np.array([[0, 1], [0, -1], [0, 1]], np.int8)  # the first model has no preference anywhere
+    assert pairwise_agreement(v) == [[None, None], [None, 1.0]]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.agreement import vote_agreement
 from schemas.audit import SCORED, SKIP_REASONS
 
 
@@ -61,14 +62,11 @@ def _share(k: float, n: int) -> float | None:
     return float(k) / n if n else None
 
 
-def pairwise_agreement(v: np.ndarray) -> np.ndarray:
-    """(m, m) share of rows on which models i and j cast the same non-zero vote (diagonal: the share
-    of rows where a model has a preference at all)."""
-    n = len(v)
-    if n == 0:
-        return np.full((v.shape[1], v.shape[1]), np.nan)
-    same = (v[:, :, None] == v[:, None, :]) & (v[:, :, None] != 0)
-    return same.sum(axis=0) / n
+def pairwise_agreement(v: np.ndarray) -> list[list[float | None]]:
+    """(m, m) share of the rows on which models i and j both have a preference where it is the same one
+    (`pipeline.agreement.vote_agreement`, the dataset card's definition); None where they never both do."""
+    share, _ = vote_agreement(v)
+    return [[None if np.isnan(x) else round(float(x), 6) for x in row] for row in share]
 
 
 def source_breakdown(scored: pd.DataFrame, scorers: list[str]) -> dict[str, dict[str, Any]]:
@@ -119,7 +117,7 @@ def summarise(df: pd.DataFrame, scorers: list[str]) -> dict[str, Any]:
         "all_agree_with_each_other": {"pairs": int(unanimous.sum()), "share": _share(int(unanimous.sum()), n)},
         "all_agree_with_label": {"pairs": int(scored["consistent"].sum()), "share": _share(int(scored["consistent"].sum()), n)},
         "majority_agrees_with_label": {"pairs": int(majority.sum()), "share": _share(int(majority.sum()), n)},
-        "pairwise_agreement": {"models": list(scorers), "matrix": pairwise_agreement(v).round(6).tolist() if n else None},
+        "pairwise_agreement": {"models": list(scorers), "matrix": pairwise_agreement(v) if n else None},
         "conflicts": {"pairs": int(n - scored["consistent"].sum()), "kinds": {str(k): int(c) for k, c in kinds.items()}},
         "by_source_model": source_breakdown(scored, scorers),
     }

@@ -74,7 +74,7 @@ def _figures(summary: dict[str, Any]) -> dict[str, str]:
         for i in range(len(models)):
             for j in range(len(models)):
                 ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center", color="white" if m[i, j] < 60 else "black", fontsize=9)
-        fig.colorbar(im, ax=ax, label="% of pairs with the same vote")
+        fig.colorbar(im, ax=ax, label="% of pairs both decide, same vote")
         ax.set_title("Pairwise agreement between reward models")
         out["matrix"] = _png(fig)
 
