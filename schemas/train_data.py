@@ -7,17 +7,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from schemas.categories import CATEGORIES, Modality
+from schemas.config import Strict
 
 #: Category recorded for Pick-a-Pic pairs, which carry none of the eight (general human preference).
 PICKAPIC_CATEGORY = "pickapic"
 
 
-class TrainDataConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class TrainDataConfig(Strict):
     source: Literal["shards", "pickapic"] = Field(
         "shards", description="shards: our WebDataset tars; pickapic: Pick-a-Pic v2 style parquet files."
     )
