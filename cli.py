@@ -20,6 +20,11 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _on_cluster(cfg, address: str):
+    """The build or audit config with its `ray.address` replaced (configs are frozen)."""
+    return cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": address})})
+
+
 class RichReporter:
     """Renders the library's progress reports as one rich bar per stage and a summary line after it."""
 
@@ -59,7 +64,7 @@ def build(
     try:
         cfg = load_config(config, overrides)
         if ray_address:
-            cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": ray_address})})
+            cfg = _on_cluster(cfg, ray_address)
         wanted = parse_stages(stages)
     except (ConfigError, ValueError) as err:
         _fail(str(err))
@@ -141,7 +146,7 @@ def audit(
         if batch_size is not None:
             cfg = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"batch_size": batch_size})})
         if ray_address:
-            cfg = cfg.model_copy(update={"ray": cfg.ray.model_copy(update={"address": ray_address})})
+            cfg = _on_cluster(cfg, ray_address)
     except ConfigError as err:
         _fail(str(err))
     columns = (TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
