@@ -55,6 +55,7 @@ def build(
 ) -> None:
     """Build a preference dataset: prompts -> generate -> score -> pair -> judge -> select -> write."""
     from pipeline.build import Build, StageInputError, parse_stages
+    from pipeline.errors import StageFailed
     from pipeline.ray_runtime import ResourceError
     from schemas.config import ConfigError, load_config
 
@@ -72,7 +73,7 @@ def build(
     with Progress(*columns, console=console, transient=False) as progress:
         try:
             result = Build(cfg, reporter=RichReporter(progress), source=str(config)).run(wanted)
-        except (ConfigError, StageInputError, ResourceError) as err:
+        except (ConfigError, StageInputError, StageFailed, ResourceError) as err:
             _fail(str(err))
     shards = result.out_dir / "shards"
     console.print(f"\n[bold green]done[/] build folder: {result.out_dir}")

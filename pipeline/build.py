@@ -1,43 +1,50 @@
-"""The build driver: wires the stages (which never import each other) through their parquet tables.
+"""The build: the stage graph of a config, walked by the executor.
 
     prompts -> generate -> score -> pair -> judge -> select -> write
 
-Each stage reads its inputs from the build folder and writes its output atomically, so any stage can be
-rerun alone, and a build killed at any moment resumes by identity to the same shards.
+The stages never import each other: they meet in `schemas/` and here, where each gets the handles of
+the tables it reads and writes. Every table is a folder of the catalogue, grown one unit at a time, so
+any stage can be rerun alone, and a build killed at any moment resumes by identity to the same shards.
 """
 from __future__ import annotations
 
-import json
-import time
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pyarrow.compute as pc
 import yaml
 
 from pipeline import models
-from pipeline.card import write_card
-from pipeline.generate import GenerateStage, plan_candidates
-from pipeline.pair import PairRules, attach_phash, form_pairs_for_group, form_pairs_ray
-from pipeline.prompts import capacity, library_prompts, load_prompt_files
+from pipeline.catalogue import Catalogue, Table
+from pipeline.errors import ErrorPolicy
+from pipeline.executor import Executor
+from pipeline.generate import GenerateStage
+from pipeline.judge import JudgeStage, rater_model_path
+from pipeline.pair import PairRules, PairStage
+from pipeline.prompt_stage import PromptsStage
+from pipeline.prompts import capacity
 from pipeline.ray_runtime import init_ray
 from pipeline.report import NullReporter, Reporter, StageSummary
-from pipeline.score import ScoreStage, add_group_stats, merge_raw_scores, score_names, video_metrics_pool
-from pipeline.select import SELECTION_REPORT, select_pairs
-from pipeline.stage import ActorStage, make_units, run_stage
-from pipeline.store import PartStore, concat, dedupe_sorted, read_table, write_bytes, write_table
-from pipeline.write import write_shards
+from pipeline.score import ScoreStage, ScoreStatsStage, score_names, video_metrics_pool
+from pipeline.select import SELECTION_REPORT, SelectStage
+from pipeline.stage import Stage, StageInputError, TaskStage
+from pipeline.store import write_bytes
+from pipeline.write import SHARD_INDEX, ShardStage
 from schemas.categories import modality_of
 from schemas.config import BuildConfig, ConfigError
-from schemas.tables import CANDIDATES, JUDGEMENTS, PROMPTS, pairs_schema, raw_scores_schema, scores_schema, selected_schema
+from schemas.tables import (
+    CANDIDATES,
+    DROPPED,
+    JUDGEMENTS,
+    PROMPTS,
+    pairs_schema,
+    raw_scores_schema,
+    scores_schema,
+    selected_schema,
+)
 
 STAGES: tuple[str, ...] = ("prompts", "generate", "score", "pair", "judge", "select", "write")
-_RAY_STAGES = {"generate", "score", "write"}
-
-
-class StageInputError(RuntimeError):
-    """A stage was asked to run before the stage that makes its input."""
+_ACTOR_STAGES = {"generate", "score", "judge"}
 
 
 @dataclass
@@ -49,30 +56,6 @@ class BuildResult:
     @property
     def card(self) -> Path:
         return self.out_dir / "card" / "README.md"
-
-
-class Paths:
-    """Where every table of a build lives."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.config = root / "config.yaml"
-        self.prompts = root / "prompts" / "prompts.parquet"
-        self.prompt_problems = root / "prompts" / "problems.txt"
-        self.candidates = root / "candidates"
-        self.raw_scores = root / "scores" / "raw"
-        self.scores = root / "scores" / "scores.parquet"
-        self.pairs = root / "pairs" / "pairs.parquet"
-        self.judgements = root / "judgements" / "raw"
-        self.judge_keeps = root / "judgements" / "keeps.parquet"
-        self.selected = root / "selected" / "selected.parquet"
-        self.dropped = root / "selected" / "dropped.parquet"
-
-
-def _need(path: Path, stage: str, maker: str) -> Path:
-    if not path.exists():
-        raise StageInputError(f"stage {stage!r} needs {path}; run the {maker!r} stage first")
-    return path
 
 
 def parse_stages(spec: str | None) -> list[str]:
@@ -125,6 +108,16 @@ def preflight(cfg: BuildConfig, source: str = "<config>") -> dict:
 
 
 class Build:
+    """One build folder: its tables (the catalogue), its stage graph, and the loop that runs it.
+
+    The model stages' classes are attributes, so a benchmark or a test can run the very same graph
+    with stand-in models (benchmarks/build_scale.py does, with model-free generators and scorers).
+    """
+
+    generate_stage: type[GenerateStage] = GenerateStage
+    score_stage: type[ScoreStage] = ScoreStage
+    judge_stage: type[JudgeStage] = JudgeStage
+
     def __init__(
         self,
         cfg: BuildConfig,
@@ -135,224 +128,171 @@ class Build:
         self.cfg = cfg
         self.source = source
         self.out = Path(cfg.output_dir).resolve()
-        self.paths = Paths(self.out)
         self.reporter = reporter or NullReporter()
         self.cache_dir = Path(cache_dir or cfg.cache_dir or models.default_cache_dir())
         self.media_root = cfg.media.root or str(self.out / "media")
         self.scorers = cfg.scorer_names
         self.score_cols = score_names(self.scorers)
+        self.catalogue = self._declare(Catalogue(self.out))
 
-    # -- driver ---------------------------------------------------------------------------------
+    def _declare(self, cat: Catalogue) -> Catalogue:
+        """Every table of a build, with its schema (schemas/tables.py) and the column its units share."""
+        by_category = {
+            "prompts": PROMPTS, "candidates": CANDIDATES, "scores": scores_schema(self.score_cols),
+            "pairs": pairs_schema(self.scorers), "judgements": JUDGEMENTS, "selected": selected_schema(self.scorers),
+            "dropped": DROPPED,
+        }
+        for name, schema in by_category.items():
+            cat.table(name, schema, cluster_by="category")
+        cat.table("shard_index", SHARD_INDEX, cluster_by="modality")
+        return cat
+
+    def table(self, name: str) -> Table:
+        return self.catalogue.table(name)
+
+    # -- where models come from (tiny ones are built once in the cache) ------------------------------
+    def generator_path(self, spec) -> str:
+        return models.generator_path(spec, self.cache_dir)
+
+    def reward_model_path(self, r) -> str:
+        return models.reward_model_path(r.name, r.model, self.cache_dir)
+
+    def rater_model_path(self, jcfg) -> str:
+        return rater_model_path(jcfg, self.cache_dir)
+
+    # -- the loop -----------------------------------------------------------------------------------
     def run(self, stages: list[str] | None = None) -> BuildResult:
         stages = stages or list(STAGES)
         self.specs = preflight(self.cfg, self.source)
         self.out.mkdir(parents=True, exist_ok=True)
-        write_bytes(self.paths.config, yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False).encode())
-        if _RAY_STAGES & set(stages):
+        write_bytes(self.out / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False).encode())
+        if _ACTOR_STAGES & set(stages) or self.cfg.ray.columnar != "local":
             init_ray(self.cfg.ray)
+        import ray
+
+        f = self.cfg.failures
+        self.executor = Executor(self.reporter, ErrorPolicy(f.max_share, f.min_items), use_ray=ray.is_initialized())
         result = BuildResult(self.out)
-        for stage in stages:
-            t0 = time.perf_counter()
-            summary = getattr(self, f"_{stage}")(result)
-            summary.seconds = time.perf_counter() - t0
+        for step in stages:
+            summary = getattr(self, f"_{step}")(result)
             result.summaries.append(summary)
             self.reporter.finish(summary)
         return result
 
-    def _run_pending(self, stage: ActorStage, units: list[list[dict]], store: PartStore) -> None:
-        """Run the units whose ids are not all in `store` yet, appending each unit's rows as it lands."""
-        done = store.ids()
-        pending = [u for u in units if not all(t["id"] in done for t in u)]
-        self.reporter.advance(sum(len(u) for u in units) - sum(len(u) for u in pending))
-        for table in run_stage(stage, pending):
-            store.append(table)
-            self.reporter.advance(table.num_rows)
+    def _columnar(self, stage: TaskStage) -> TaskStage:
+        stage.engine, stage.ray_min_rows = self.cfg.ray.columnar, self.cfg.ray.columnar_min_rows
+        return stage
 
-    # -- stages ---------------------------------------------------------------------------------
+    # -- the graph: one method per step, each a stage (or a few) and its tables ---------------------
     def _prompts(self, result: BuildResult) -> StageSummary:
         counts = {c: min(q.prompts, capacity(c)) for c, q in self.cfg.categories.items()}
-        self.reporter.start("prompts", sum(counts.values()))
-        tables = [library_prompts(counts, self.cfg.seed)]
-        problems: list[str] = []
-        if self.cfg.prompt_files:
-            loaded = load_prompt_files(self.cfg.prompt_files, categories=list(self.cfg.categories))
-            tables.append(loaded.table)
-            problems = loaded.problems
-        table = dedupe_sorted(concat(tables, PROMPTS), "prompt_id")
-        write_table(table, self.paths.prompts)
-        write_bytes(self.paths.prompt_problems, "".join(f"{p}\n" for p in problems).encode())
-        self.reporter.advance(table.num_rows)
-        note = f"bad rows listed in {self.paths.prompt_problems}" if problems else ""
-        return StageSummary(
-            "prompts", n_in=sum(counts.values()) + sum(t.num_rows for t in tables[1:]) + len(problems),
-            n_out=table.num_rows, dropped={"bad_row": len(problems)}, note=note,
-        )
+        stage = PromptsStage(counts=counts, seed=self.cfg.seed, prompt_files=tuple(self.cfg.prompt_files),
+                             prompts=self.table("prompts"), engine="local")
+        return self.executor.run(stage)
 
     def _generate(self, result: BuildResult) -> StageSummary:
-        prompts = read_table(_need(self.paths.prompts, "generate", "prompts"), PROMPTS)
-        specs = self.specs
-        tasks = plan_candidates(prompts, self.cfg, specs)
-        store = PartStore(self.paths.candidates, CANDIDATES, "candidate_id")
-        done = store.ids()
-        todo = sum(t["id"] not in done for t in tasks)
-        self.reporter.start("generate", len(tasks))
-        for gcfg in self.cfg.generators:
-            mine = [t for t in tasks if t["generator"] == gcfg.name]
-            stage = GenerateStage(
-                resources=gcfg.resources,
-                spec=specs[gcfg.name],
-                model_path=models.generator_path(specs[gcfg.name], self.cache_dir),
-                media_root=self.media_root,
-                media=self.cfg.media,
-            )
-            self._run_pending(stage, make_units(mine, gcfg.resources.batch_size, key=lambda t: t["params"]), store)
-        cands = store.read()
-        failed = pc.sum(pc.equal(cands["status"], "failed")).as_py() or 0
-        return StageSummary(
-            "generate", n_in=len(tasks), n_out=cands.num_rows - failed, dropped={"failed": failed},
-            note=f"({todo} generated now, {len(tasks) - todo} already there)",
-        )
+        runs = []
+        for g in self.cfg.generators:
+            spec = self.specs[g.name]
+            cats = tuple(c for c in self.cfg.categories
+                         if modality_of(c) == spec.modality and (g.categories is None or c in g.categories))
+            runs.append(lambda g=g, spec=spec, cats=cats: self.generate_stage(
+                resources=g.resources, spec=spec, gcfg=g, model_path=self.generator_path(spec),
+                media_root=self.media_root, media=self.cfg.media, prompts=self.table("prompts"),
+                candidates=self.table("candidates"), categories=cats,
+            ))
+        return self._combine("generate", self.executor.run_group([make() for make in runs]), "generated", keep_all=True)
 
     def _score(self, result: BuildResult) -> StageSummary:
-        _need(self.paths.candidates, "score", "generate")
-        cands = PartStore(self.paths.candidates, CANDIDATES, "candidate_id").read()
-        cands = cands.filter(pc.equal(cands["status"], "ok"))
-        prompts = read_table(_need(self.paths.prompts, "score", "prompts"), PROMPTS).select(["prompt_id", "prompt"])
-        rows = cands.join(prompts, "prompt_id").to_pylist()
-        orphans = sorted({r["prompt_id"] for r in rows if r["prompt"] is None})
-        if orphans:
-            raise StageInputError(
-                f"{len(orphans)} prompt ids of {self.paths.candidates} are not in {self.paths.prompts} "
-                f"(e.g. {orphans[0]}): was the config's prompt set changed after generate? use a new output_dir"
-            )
-        tasks = [
-            {"id": r["candidate_id"], **{k: r[k] for k in ("prompt_id", "category", "modality", "prompt", "media_path")}}
-            for r in rows
-        ]
         groups = self.cfg.scoring.model_groups()
-        self.reporter.start("score", len(tasks) * len(groups))
         metrics_pool = video_metrics_pool([[r.name for r in g] for g, _ in groups])
-        raws = []
+        raws, summaries = [], []
         for gi, (group, resources) in enumerate(groups):
-            stage = ScoreStage(
+            cols = score_names([r.name for r in group]) if gi == metrics_pool else [r.name for r in group]
+            raw = self.catalogue.table(f"scores_raw/group-{gi}", raw_scores_schema(cols), cluster_by="category")
+            stage = self.score_stage(
                 resources=resources,
-                models=[(r.name, models.reward_model_path(r.name, r.model, self.cache_dir), r.dtype, r.options) for r in group],
-                media_root=self.media_root,
-                video_frames=self.cfg.scoring.video_frames,
-                video_metrics=gi == metrics_pool,
+                models=[(r.name, self.reward_model_path(r), r.dtype, r.options) for r in group],
+                media_root=self.media_root, video_frames=self.cfg.scoring.video_frames, video_metrics=gi == metrics_pool,
+                candidates=self.table("candidates"), prompts=self.table("prompts"), raw=raw,
             )
-            store = PartStore(self.paths.raw_scores / f"group-{gi}", raw_scores_schema(stage.columns()), "candidate_id")
-            units = make_units(tasks, resources.batch_size, key=lambda t: t["modality"])
-            self._run_pending(stage, units, store)
-            raws.append(store.read())
-        raw = merge_raw_scores(raws, self.score_cols)
-        write_table(add_group_stats(raw, self.score_cols), self.paths.scores)
-        return StageSummary("score", n_in=len(tasks), n_out=raw.num_rows)
+            summaries.append(self.executor.run(stage))
+            raws.append(raw)
+        stats = self._columnar(ScoreStatsStage(raws=tuple(raws), scores=self.table("scores"), score_cols=tuple(self.score_cols)))
+        grouped = self.executor.run(stats)
+        summary = self._combine("score", summaries, "scored")
+        summary.n_out, summary.seconds = grouped.n_out, summary.seconds + grouped.seconds
+        return summary
 
     def _pair(self, result: BuildResult) -> StageSummary:
-        pcfg = self.cfg.pairing
-        scores = read_table(_need(self.paths.scores, "pair", "score"), scores_schema(self.score_cols))
-        if pcfg.near_duplicate_bits is not None:  # the pHash was computed at generate time, once per candidate
-            scores = attach_phash(scores, PartStore(self.paths.candidates, CANDIDATES, "candidate_id").read())
-        self.reporter.start("pair", scores.num_rows)
-        rules = PairRules(self.cfg.quorum, pcfg.min_margin, pcfg.max_margin, pcfg.near_duplicate_bits)
-        use_ray = pcfg.engine == "ray" or (pcfg.engine == "auto" and scores.num_rows >= pcfg.ray_min_rows)
-        if use_ray:
-            init_ray(self.cfg.ray)
-            pairs = form_pairs_ray(scores, self.scorers, rules)
-        else:
-            pairs = form_pairs_for_group(scores, self.scorers, rules)
-        write_table(pairs, self.paths.pairs)
-        self.reporter.advance(scores.num_rows)
-        counts = pc.value_counts(pairs["drop_reason"].drop_null()).to_pylist()  # columnar: 35M pairs at 10M candidates
-        reasons = {c["values"]: c["counts"] for c in counts}
-        return StageSummary(
-            "pair", n_in=pairs.num_rows, n_out=pairs.num_rows - sum(reasons.values()), dropped=dict(sorted(reasons.items())),
-            note="(Ray Data groupby)" if use_ray else "",
-        )
+        p = self.cfg.pairing
+        stage = PairStage(scores=self.table("scores"), candidates=self.table("candidates"), pairs=self.table("pairs"),
+                          scorers=tuple(self.scorers), rules=PairRules(self.cfg.quorum, p.min_margin, p.max_margin, p.near_duplicate_bits))
+        return self.executor.run(self._columnar(stage))
 
     def _judge(self, result: BuildResult) -> StageSummary:
         jcfg = self.cfg.judge
         if jcfg is None:
             return StageSummary("judge", note="skipped: no VLM rater configured")
-        from pipeline.judge import JudgeStage, judge_keeps, rater_model_path
-
-        pairs = read_table(_need(self.paths.pairs, "judge", "pair"), pairs_schema(self.scorers))
-        pairs = pairs.filter(pairs["kept"])  # cheap before dear: the VLM sees only consistent pairs
-        media = PartStore(self.paths.candidates, CANDIDATES, "candidate_id").read().select(["candidate_id", "media_path"])
-        prompts = read_table(self.paths.prompts, PROMPTS).select(["prompt_id", "prompt"])
-        where = dict(zip(media["candidate_id"].to_pylist(), media["media_path"].to_pylist()))
-        text = dict(zip(prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist()))
-        tasks = [
-            {"id": r["pair_id"], "prompt": text[r["prompt_id"]], "category": r["category"], "modality": r["modality"],
-             "winner_path": where[r["winner_id"]], "loser_path": where[r["loser_id"]]}
-            for r in pairs.select(["pair_id", "prompt_id", "category", "modality", "winner_id", "loser_id"]).to_pylist()
-        ]
-        store = PartStore(self.paths.judgements, JUDGEMENTS, "pair_id")
-        self.reporter.start("judge", len(tasks))
-        stage = JudgeStage(
-            resources=jcfg.resources, cfg=jcfg, model_path=rater_model_path(jcfg, self.cache_dir), media_root=self.media_root
-        )
-        self._run_pending(stage, make_units(tasks, jcfg.resources.batch_size, key=lambda t: t["modality"]), store)
-        judgements = store.read()
-        keeps = judge_keeps(judgements, jcfg)
-        write_table(keeps, self.paths.judge_keeps)
-        reasons = Counter(r for r in keeps["drop_reason"].to_pylist() if r)
-        return StageSummary("judge", n_in=len(tasks), n_out=keeps.num_rows - sum(reasons.values()), dropped=dict(reasons))
+        stage = self.judge_stage(resources=jcfg.resources, cfg=jcfg, model_path=self.rater_model_path(jcfg),
+                           media_root=self.media_root, pairs=self.table("pairs"), candidates=self.table("candidates"),
+                           prompts=self.table("prompts"), judgements=self.table("judgements"))
+        return self.executor.run(stage)
 
     def _select(self, result: BuildResult) -> StageSummary:
-        pairs = read_table(_need(self.paths.pairs, "select", "pair"), pairs_schema(self.scorers))
-        prompts = read_table(self.paths.prompts, PROMPTS)
-        kept = pc.sum(pairs["kept"]).as_py() or 0
-        self.reporter.start("select", kept)
-        judged = None
-        if self.cfg.judge is not None:
-            from pipeline.judge import JUDGE_KEEPS
-
-            _need(self.paths.judge_keeps, "select", "judge")
-            judged = (PartStore(self.paths.judgements, JUDGEMENTS, "pair_id").read(), read_table(self.paths.judge_keeps, JUDGE_KEEPS))
-        cands = PartStore(self.paths.candidates, CANDIDATES, "candidate_id").read().select(["candidate_id", "generator", "category"])
-        sel = select_pairs(pairs, prompts, self.cfg, judged, candidates=cands)
-        write_table(sel.selected, self.paths.selected)
-        write_table(sel.dropped, self.paths.dropped)
-        write_bytes(self.out / SELECTION_REPORT, (json.dumps(sel.report, indent=2, sort_keys=True) + "\n").encode())
-        self.reporter.advance(kept)
-        note = "; ".join(
-            f"{c}: {got}/{q}" + (f" ({', '.join(f'{r} {n}' for r, n in sel.report[c]['short_because'].items())})"
-                                 if sel.report[c]["short_because"] else "")
-            for c, (q, got) in sorted(sel.shortfall.items())
+        stage = SelectStage(
+            cfg=self.cfg, pairs=self.table("pairs"), judgements=self.table("judgements") if self.cfg.judge else None,
+            candidates=self.table("candidates"), scores=self.table("scores"), prompts=self.table("prompts"),
+            selected=self.table("selected"), dropped=self.table("dropped"), score_cols=tuple(self.score_cols),
+            report_path=str(self.out / SELECTION_REPORT),
         )
-        return StageSummary(
-            "select", n_in=kept, n_out=sel.selected.num_rows,
-            dropped=dict(Counter(sel.dropped["reason"].to_pylist())),
-            note=f"short of quota: {note}; see {SELECTION_REPORT}" if note else "",
-        )
+        return self.executor.run(self._columnar(stage))
 
     def _write(self, result: BuildResult) -> StageSummary:
-        selected = read_table(_need(self.paths.selected, "write", "select"), selected_schema(self.scorers))
-        self.reporter.start("write", selected.num_rows)
-        scores = read_table(self.paths.scores, scores_schema(self.score_cols))
-        result.manifests = write_shards(
-            selected,
-            PartStore(self.paths.candidates, CANDIDATES, "candidate_id").read(),
-            scores,
-            out_dir=str(self.out),
-            media_root=self.media_root,
-            scorers=self.scorers,
-            score_cols=self.score_cols,
-            image_format=self.cfg.media.image_format,
-            samples_per_shard=self.cfg.shards.samples_per_shard,
-            name=self.cfg.name,
-        )
-        import pyarrow.parquet as pq  # the card needs only these columns of every formed pair
+        from pipeline.card import write_card_from_tables
 
-        pairs = pq.read_table(self.paths.pairs, columns=["pair_id", "modality", *(f"margin_{s}" for s in self.scorers)])
-        judged = self.cfg.judge is not None and self.paths.judgements.exists()
-        judgements = PartStore(self.paths.judgements, JUDGEMENTS, "pair_id").read().select(["pair_id", "p_winner"]) if judged else None
-        write_card(self.out, self.cfg, result.manifests, selected, scores=scores, pairs=pairs, judgements=judgements)
-        self.reporter.advance(selected.num_rows)
-        n_shards = sum(len(m["shards"]) for m in result.manifests.values())
-        return StageSummary("write", n_in=selected.num_rows, n_out=selected.num_rows, note=f"{n_shards} shards")
+        stage = self._columnar(ShardStage(
+            selected=self.table("selected"), shard_index=self.table("shard_index"), out_dir=str(self.out),
+            media_root=self.media_root, scorers=tuple(self.scorers), image_format=self.cfg.media.image_format,
+            samples_per_shard=self.cfg.shards.samples_per_shard, dataset_name=self.cfg.name, split=self.cfg.shards.split,
+            use_ray=self.executor.use_ray and self.cfg.ray.columnar != "local",
+        ))
+        summary = self.executor.run(stage)
+        result.manifests = stage.manifests
+        tables = {n: self.table(n) for n in ("selected", "scores", "pairs")}
+        if self.cfg.judge is not None:
+            tables["judgements"] = self.table("judgements")
+        run_remote(write_card_from_tables, self.executor.use_ray and self.cfg.ray.columnar != "local",
+                   self.out, self.cfg, result.manifests, tables, self.scorers)
+        return summary
+
+    @staticmethod
+    def _combine(step: str, summaries: list[StageSummary], verb: str, keep_all: bool = False) -> StageSummary:
+        """One line for a step run as several stages: generators partition the work (counts add up),
+        score pools each see every candidate (the first pool's counts; failures of every pool)."""
+        out = StageSummary(step)
+        for i, s in enumerate(summaries):
+            if keep_all or i == 0:
+                out.n_in += s.n_in
+                out.n_out += s.n_out
+                out.now += s.now
+                out.before += s.before
+            for k, v in s.dropped.items():
+                out.dropped[k] = out.dropped.get(k, 0) + v
+            out.seconds += s.seconds
+            out.units += s.units
+            out.units_run += s.units_run
+        out.recount(verb)
+        return out
+
+
+def run_remote(fn: Callable, on_ray: bool, *args):
+    """`fn(*args)` in a Ray task (off the driver: it reads whole tables) or here."""
+    if not on_ray:
+        return fn(*args)
+    import ray
+
+    return ray.get(ray.remote(fn).options(num_cpus=1).remote(*args))
 
 
 def build(cfg: BuildConfig, stages: list[str] | None = None, reporter: Reporter | None = None) -> BuildResult:
@@ -360,4 +300,4 @@ def build(cfg: BuildConfig, stages: list[str] | None = None, reporter: Reporter 
     return Build(cfg, reporter).run(stages)
 
 
-__all__ = ["STAGES", "Build", "BuildResult", "StageInputError", "build", "parse_stages"]
+__all__ = ["STAGES", "Build", "BuildResult", "StageInputError", "Stage", "build", "parse_stages"]

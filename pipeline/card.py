@@ -340,3 +340,11 @@ def write_card(
         if stale.name not in plots:
             stale.unlink()
     return write_bytes(folder / "README.md", text.encode("utf-8"))
+
+
+def write_card_from_tables(out_dir: Path, cfg: BuildConfig, manifests: dict[str, dict], tables: dict, scorers: list[str]) -> Path:
+    """`write_card` reading its inputs from the build's tables (only the columns the card uses)."""
+    selected = tables["selected"].read([c for c in tables["selected"].schema.names if not c.endswith("_record")])
+    pairs = tables["pairs"].read(["pair_id", "modality", *(f"margin_{s}" for s in scorers)])
+    judgements = tables["judgements"].read(["pair_id", "p_winner"]) if "judgements" in tables else None
+    return write_card(out_dir, cfg, manifests, selected, scores=tables["scores"].read(), pairs=pairs, judgements=judgements)

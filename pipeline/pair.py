@@ -3,24 +3,30 @@ when at least `quorum` of them prefer the same winner (the cross-model consisten
 not trivially easy, and winner and loser are not near-duplicates.
 
 Columnar all the way: a prompt group of k candidates gives k(k-1)/2 index pairs made with numpy, the
-rules run on score matrices in chunks (bounded memory), ids are taken with Arrow kernels. The same
-function runs per prompt group under Ray Data (`form_pairs_ray`) for tables past one machine's memory.
+rules run on score matrices in chunks (bounded memory), ids are taken with Arrow kernels. The stage
+runs one unit per category (prompt groups never cross categories), as Ray tasks past one machine.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
+from pipeline.catalogue import Table
 from pipeline.phash import PHASH_FRAMES, hamming, hex_words, lookup_ids
 from schemas.ids import _SEP, ID_HEX, pair_id
+from pipeline.stage import StageInputError, TaskStage
 from schemas.tables import pairs_schema
+from schemas.units import Unit, make_unit
 
 # Drop reasons, stored in the pairs table so a build can be explained (first that applies wins).
 MISSING_SCORE = "missing_score"  # a scorer has no score for one of the two
@@ -262,32 +268,53 @@ def _scatter_valid(values: pa.Array, valid: np.ndarray) -> pa.StringArray:
     )
 
 
-def form_pairs_for_group(batch: pa.Table, scorers: list[str], rules: PairRules) -> pa.Table:
-    """Ray Data `map_groups` body: the pairs of the prompt group(s) in one batch."""
-    return form_pairs(
-        batch, scorers, rules.quorum, rules.min_margin, max_margin=rules.max_margin, near_duplicate_bits=rules.near_duplicate_bits
-    )
+def kept_first(pairs: pa.Table) -> pa.Table:
+    """The kept pairs, then the dropped ones, each in group order: the judge reads a prefix."""
+    kept = pairs["kept"].combine_chunks() if pairs.num_rows else pa.array([], pa.bool_())
+    return pa.concat_tables([pairs.filter(kept), pairs.filter(pc.invert(kept))])
 
 
-def form_pairs_ray(scores, scorers: list[str], rules: PairRules) -> pa.Table:
-    """The same pairs as `form_pairs`, computed as a Ray Data groupby over prompt groups.
+@dataclass
+class PairStage(TaskStage):
+    """One unit per category: its scores (prompt groups never cross categories), pHashes from the
+    candidates table, every within-group pair with margins, agreement and drop reason."""
 
-    `scores`: a `ray.data.Dataset` (e.g. `ray.data.read_parquet(...)`) or an Arrow table. The groups are
-    paired on the cluster's workers; the result is gathered in prompt_id order like `form_pairs`.
-    """
-    import ray.data
+    scores: Table | None = None
+    candidates: Table | None = None
+    pairs: Table | None = None
+    scorers: tuple[str, ...] = ()
+    rules: PairRules | None = None
 
-    ds = scores if isinstance(scores, ray.data.Dataset) else ray.data.from_arrow(scores)
-    out = ds.groupby("prompt_id").map_groups(
-        form_pairs_for_group, fn_args=(scorers, rules), batch_format="pyarrow"
-    )
-    schema = pairs_schema(scorers)
-    tables = [pa.Table.from_batches([], schema) if b.num_rows == 0 else b.cast(schema) for b in _arrow_blocks(out)]
-    table = pa.concat_tables([schema.empty_table(), *tables])
-    return table.take(pc.sort_indices(table, [("prompt_id", "ascending")]))  # stable: group order is kept
+    name: ClassVar[str] = "pair"
+    verb: ClassVar[str] = "paired"
 
+    def outputs(self) -> tuple[Table, ...]:
+        return (self.pairs,)
 
-def _arrow_blocks(ds) -> list[pa.Table]:
-    import ray
+    def plan(self) -> list[Unit]:
+        recs = self.scores.records() if self.scores is not None else {}
+        if not recs:
+            raise StageInputError(f"stage 'pair' needs {self.scores.folder}; run the 'score' stage first")
+        by_cat: dict[str, list] = {}
+        for r in recs.values():
+            by_cat.setdefault(r.cluster or "", []).append(r)
+        rules = dataclasses.asdict(self.rules)
+        return [make_unit("pair", (cat, list(self.scorers), rules, sorted(r.id for r in rs)), key=cat,
+                          rows=sum(r.rows for r in rs), category=cat)
+                for cat, rs in sorted(by_cat.items())]
 
-    return [ray.get(ref) for ref in ds.to_arrow_refs()]
+    def process(self, unit: Unit) -> pa.Table:
+        cat = unit.param("category")
+        where = ds.field("category") == cat
+        scores = self.scores.read(filter=where)
+        if self.rules.near_duplicate_bits is not None:  # computed at generate time, once per candidate
+            scores = attach_phash(scores, self.candidates.read(["candidate_id", "phash"], filter=where))
+        r = self.rules
+        pairs = form_pairs(scores, list(self.scorers), r.quorum, r.min_margin, max_margin=r.max_margin,
+                           near_duplicate_bits=r.near_duplicate_bits)
+        kept = int(pc.sum(pairs["kept"]).as_py() or 0) if pairs.num_rows else 0
+        self.count(n_in=pairs.num_rows, n_out=kept)
+        for row in pc.value_counts(pairs["drop_reason"].drop_null()).to_pylist() if pairs.num_rows else []:
+            self.drop(row["values"], row["counts"])
+        self.stats.extra = {"kept": kept}
+        return kept_first(pairs)

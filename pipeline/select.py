@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
+from pipeline.catalogue import Table, UnitRecord
 from pipeline.phash import hex_words, lookup_ids
-from schemas.config import BuildConfig
-from schemas.tables import selected_schema
+from schemas.config import BuildConfig, JudgeConfig
+from pipeline.stage import StageInputError, TaskStage
+from schemas.tables import DROPPED, JUDGE_KEEPS, selected_schema
+from schemas.units import Unit, make_unit
 
 PROMPT_CAP = "prompt_cap"  # more pairs of this prompt than max_pairs_per_prompt
 GENERATOR_CAP = "generator_cap"  # its winner's generator already holds its share of the category
@@ -27,7 +32,36 @@ SELECTION_REPORT = "selection_report.json"  # in the build folder: per category,
 
 _SELECT_REASONS = ("", PROMPT_CAP, GENERATOR_CAP, OVER_QUOTA)
 
-DROPPED = pa.schema([("pair_id", pa.string()), ("category", pa.string()), ("reason", pa.string())])
+DROP_DISAGREES = "vlm_disagrees"  # the VLM's P(winner better) is below judge.min_probability, or it gave no answer
+DROP_POSITION_INCONSISTENT = "vlm_position_inconsistent"  # its two orders disagree more than allowed
+
+
+def judge_keeps(judgements: pa.Table, cfg: JudgeConfig) -> pa.Table:
+    """Keep / drop per judged pair (schema `JUDGE_KEEPS`): kept when p_winner >= min_probability and
+    position_consistency >= min_position_consistency. Drop reasons: `vlm_disagrees` (p_winner too
+    low, or missing: the rater gave no answer) first, else `vlm_position_inconsistent`."""
+    pair_ids = judgements.column("pair_id").to_pylist()
+    p = judgements.column("p_winner").to_pylist()
+    c = judgements.column("position_consistency").to_pylist()
+    why = judgements.column("reason").to_pylist() if "reason" in judgements.column_names else [None] * len(p)
+    # Compare in float32, the stored precision, so a threshold equal to a stored value keeps it.
+    p_min = float(pa.scalar(cfg.min_probability, pa.float32()).as_py())
+    c_min = float(pa.scalar(cfg.min_position_consistency, pa.float32()).as_py())
+    kept, reasons = [], []
+    for pw, pcons, w in zip(p, c, why):
+        if w is not None:  # the rater gave no answer: its reason (vlm_no_label, corrupt_media, failed)
+            kept.append(False)
+            reasons.append(w)
+        elif pw is None or not pw >= p_min:
+            kept.append(False)
+            reasons.append(DROP_DISAGREES)
+        elif pcons is None or not pcons >= c_min:
+            kept.append(False)
+            reasons.append(DROP_POSITION_INCONSISTENT)
+        else:
+            kept.append(True)
+            reasons.append(None)
+    return pa.table({"pair_id": pair_ids, "kept": kept, "drop_reason": reasons}, schema=JUDGE_KEEPS)
 
 
 @dataclass(frozen=True)
@@ -115,15 +149,20 @@ def select_pairs(
     cfg: BuildConfig,
     judged: tuple[pa.Table, pa.Table] | None = None,
     candidates: pa.Table | None = None,
+    *,
+    categories: list[str] | None = None,
+    records: pa.Table | None = None,
 ) -> Selection:
     """`judged`: the VLM's (judgements, keeps) tables when a rater is configured; its drops keep their reason.
-    `candidates` (candidate_id, generator, category): for the generator cap and the per-generator report."""
+    `candidates` (candidate_id, generator, category): for the generator cap and the per-generator report.
+    `categories`: select these only (the build runs one category per unit); `records` (candidate_id,
+    record): the shard json's winner / loser records, attached to the selected rows."""
     scorers = cfg.scorer_names
     share = cfg.selection.max_winner_generator_share
     if share is not None and candidates is None:
         raise ValueError("selection.max_winner_generator_share needs the candidates table (winner generators)")
-    cats = list(cfg.categories)
-    report = _pairing_report(pairs, cfg)
+    cats = list(categories or cfg.categories)
+    report = {c: r for c, r in _pairing_report(pairs, cfg).items() if c in cats}
     kt = pairs.filter(pairs["kept"])
     kt = kt.filter(pc.is_in(kt["category"], value_set=pa.array(cats, pa.string()))).combine_chunks()
     n = kt.num_rows
@@ -191,10 +230,11 @@ def select_pairs(
     df["winner_generator"] = np.asarray(names, object)[wgen[picked]]
     df = df.merge(prompts.select(["prompt_id", "prompt"]).to_pandas(), on="prompt_id", how="left")
     df["split"] = cfg.shards.split
-    df["_key"] = _interleave_key(df, cfg.seed)
-    df = df.sort_values(["modality", "_key", "pair_id"], kind="stable").reset_index(drop=True)
-    df["order"] = df.groupby("modality").cumcount().astype("int64")
+    df["sort_key"] = _interleave_key(df, cfg.seed)
+    df = df.sort_values(["modality", "sort_key", "pair_id"], kind="stable").reset_index(drop=True)
     df["winner_position"] = _winner_position(df, cfg.seed)
+    for side in ("winner", "loser"):
+        df[f"{side}_record"] = _lookup_records(df[f"{side}_id"], records)
     idx = np.concatenate([d[0] for d in drops]).astype(np.int64) if drops else np.empty(0, np.int64)
     dropped = pa.table(
         {
@@ -213,6 +253,16 @@ def select_pairs(
         shortfall=shortfall,
         report=report,
     )
+
+
+def _lookup_records(ids: pd.Series, records: pa.Table | None) -> list:
+    if records is None:
+        return [None] * len(ids)
+    at = pc.index_in(pa.array(ids.tolist(), pa.string()), value_set=records["candidate_id"].combine_chunks())
+    if at.null_count:
+        missing = ids.iloc[int(np.flatnonzero(at.is_null().to_numpy(zero_copy_only=False))[0])]
+        raise ValueError(f"selected candidate {missing} is not in the candidates table")
+    return records["record"].combine_chunks().take(at).to_pylist()
 
 
 def _winner_position(df: pd.DataFrame, seed: int) -> np.ndarray:
@@ -254,3 +304,99 @@ def _selection_report(report: dict, selected: pd.DataFrame, dropped: pa.Table, c
             {r: n for r, n in entry["dropped"].items() if r != OVER_QUOTA} if entry["short"] else {}
         )
     return report
+
+
+@dataclass
+class SelectStage(TaskStage):
+    """One unit per category (quotas, caps and prompt spreading are per category); the winner / loser
+    records of the shard json are attached here, where the category's candidates and scores are read."""
+
+    cfg: BuildConfig | None = None
+    pairs: Table | None = None
+    judgements: Table | None = None  # None: no VLM rater configured
+    candidates: Table | None = None
+    scores: Table | None = None
+    prompts: Table | None = None
+    selected: Table | None = None
+    dropped: Table | None = None
+    score_cols: tuple[str, ...] = ()
+    report_path: str = ""
+
+    name: ClassVar[str] = "select"
+    verb: ClassVar[str] = "selected from"
+
+    def outputs(self) -> tuple[Table, ...]:
+        return (self.selected, self.dropped)
+
+    def plan(self) -> list[Unit]:
+        recs = self.pairs.records() if self.pairs is not None else {}
+        if not recs:
+            raise StageInputError(f"stage 'select' needs {self.pairs.folder}; run the 'pair' stage first")
+        judged: dict[str, list[str]] = {}
+        if self.judgements is not None:
+            jrecs = self.judgements.records()
+            if not jrecs and any(int(r.unit_stats.extra.get("kept", 0)) for r in recs.values()):
+                raise StageInputError(f"stage 'select' needs {self.judgements.folder}; run the 'judge' stage first")
+            for r in jrecs.values():
+                judged.setdefault(r.cluster or "", []).append(r.id)
+        by_cat: dict[str, list] = {}
+        for r in recs.values():
+            by_cat.setdefault(r.cluster or "", []).append(r)
+        c = self.cfg
+        rules = (c.selection.model_dump(mode="json"), c.pairing.max_pairs_per_prompt, c.seed, c.shards.split,
+                 c.judge.model_dump(mode="json") if c.judge else None, list(self.score_cols))
+        units = []
+        for cat in c.categories:
+            rs = by_cat.get(cat, [])
+            kept = sum(int(r.unit_stats.extra.get("kept", 0)) for r in rs)
+            units.append(make_unit("select", (cat, c.categories[cat].quota, rules, sorted(r.id for r in rs), sorted(judged.get(cat, []))),
+                                   key=cat, rows=kept, category=cat))
+        return units
+
+    def process(self, unit: Unit) -> dict[str, pa.Table]:
+        from pipeline.records import record_table
+
+        cat = unit.param("category")
+        where = ds.field("category") == cat
+        pairs = self.pairs.read(filter=where)
+        judged = None
+        if self.judgements is not None:
+            judgements = self.judgements.read(filter=where)
+            judged = (judgements, judge_keeps(judgements, self.cfg.judge))
+        cands = self.candidates.read(filter=where)
+        prompts = self.prompts.read(["prompt_id", "prompt"], filter=where)
+        sel = select_pairs(pairs, prompts, self.cfg, judged, candidates=cands.select(["candidate_id", "generator", "category"]),
+                           categories=[cat])
+        selected = sel.selected
+        if selected.num_rows:
+            needed = pc.unique(pa.concat_arrays([selected["winner_id"].combine_chunks(), selected["loser_id"].combine_chunks()]))
+            records = record_table(cands, self.scores.read(filter=where), list(self.score_cols), needed)
+            df = selected.to_pandas()
+            for side in ("winner", "loser"):
+                df[f"{side}_record"] = _lookup_records(df[f"{side}_id"], records)
+            selected = pa.Table.from_pandas(df, schema=selected.schema, preserve_index=False)
+        kept = int(pc.sum(pairs["kept"]).as_py() or 0) if pairs.num_rows else 0
+        self.count(n_in=kept, n_out=selected.num_rows)
+        for row in pc.value_counts(sel.dropped["reason"]).to_pylist() if sel.dropped.num_rows else []:
+            self.drop(row["values"], row["counts"])
+        self.stats.extra = {"report": sel.report}
+        return {self.selected.name: selected, self.dropped.name: sel.dropped}
+
+    def finalize(self, records: dict[str, UnitRecord]) -> str:
+        import json
+        from pathlib import Path
+
+        from pipeline.store import write_bytes
+
+        report: dict[str, dict] = {}
+        for rec in records.values():
+            report.update(rec.unit_stats.extra.get("report", {}))
+        report = {c: report[c] for c in self.cfg.categories if c in report}
+        write_bytes(Path(self.report_path), (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+        short = {c: r for c, r in report.items() if r["selected"] < r["quota"]}
+        note = "; ".join(
+            f"{c}: {r['selected']}/{r['quota']}"
+            + (f" ({', '.join(f'{k} {n}' for k, n in r['short_because'].items())})" if r["short_because"] else "")
+            for c, r in sorted(short.items())
+        )
+        return f"short of quota: {note}; see {SELECTION_REPORT}" if note else ""

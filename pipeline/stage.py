@@ -1,94 +1,121 @@
-"""Model stages as Ray Data actor pools.
+"""The stage protocol: what a step of a graph declares and does (docs/architecture.md, "Stages").
 
-A stage is a small picklable object: its fields are paths and settings, its models are loaded in
-`setup()` on the actor, once. The driver cuts work into *units* whose composition depends only on the
-work itself (so a rerun after a kill feeds the models exactly the same batches and gets the same
-bits), sends one unit per Ray Data batch, and gets one output block per unit back as it finishes.
+A stage is a small picklable dataclass: table handles, paths and settings. The executor calls
+`plan()` on the driver (unit descriptors, from footers and manifests, never rows), runs `process(unit)`
+on a worker (which reads its own rows and returns the unit's output rows), and `finalize()` once all
+units are done. Models are loaded in `setup()`, on the worker, once; never at construction, so a
+stage pickles cheaply to every worker.
+
+Two kinds: `ActorStage` (model stages: a Ray Data actor pool, one model per actor) and `TaskStage`
+(columnar stages: Ray tasks, or in this process for small builds: the same tables either way).
+Counters go through one API (`count`, `drop`, `fail`); every summary line is made from them.
 """
 from __future__ import annotations
 
 import abc
-import json
-import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import ClassVar
 
-import pandas as pd
 import pyarrow as pa
-import ray
 
-from pipeline.ray_runtime import check_resources
+from pipeline.catalogue import Table, UnitRecord
+from pipeline.errors import ItemFailure
 from schemas.config import ResourceConfig
+from schemas.units import Unit, UnitStats
+
+
+class StageInputError(RuntimeError):
+    """A stage was asked to run before the stage that makes its input."""
 
 
 @dataclass
-class ActorStage(abc.ABC):
-    """One model stage: `setup` once per actor, then `process` one unit (a list of task dicts) at a time."""
+class Stage(abc.ABC):
+    """One step: declares its output tables and resources, plans units, processes one unit at a time."""
 
-    resources: ResourceConfig
+    resources: ResourceConfig = field(default_factory=ResourceConfig)
 
-    name = "stage"
+    name: ClassVar[str] = "stage"
+    kind: ClassVar[str] = "task"  # "actor" (model stage) or "task" (columnar)
+    verb: ClassVar[str] = "done"  # "(N <verb> now, M already there)" in the summary line
 
-    def setup(self) -> None:
-        """Load models; runs on the actor, never on the driver."""
+    # -- declared ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def outputs(self) -> tuple[Table, ...]:
+        """The tables this stage writes; the first holds each unit's done marker and stats."""
 
     @abc.abstractmethod
-    def process(self, tasks: list[dict[str, Any]]) -> pa.Table:
-        """Turn one unit of tasks into output rows."""
+    def plan(self) -> list[Unit]:
+        """Every unit of the work (finished or not), from metadata only; raises StageInputError."""
+
+    # -- on the worker ------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load models; runs on the worker, once, never on the driver."""
+
+    @abc.abstractmethod
+    def process(self, unit: Unit) -> pa.Table | dict[str, pa.Table]:
+        """One unit's output rows (by output table name when there are several)."""
+
+    # -- on the driver, after every unit ------------------------------------------------------------
+    def finalize(self, records: dict[str, UnitRecord]) -> str:
+        """Columnar work over the finished units (`records`: this run's units by id); returns a note."""
+        return ""
+
+    # -- counters -----------------------------------------------------------------------------------
+    @property
+    def stats(self) -> UnitStats:
+        if getattr(self, "_stats", None) is None:
+            self._stats = UnitStats()
+        return self._stats
+
+    def count(self, n_in: int = 0, n_out: int = 0) -> None:
+        self.stats.n_in += n_in
+        self.stats.n_out += n_out
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        """`n` items removed by a rule (they are rows of the output with this reason)."""
+        if n:
+            self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + n
+
+    def fail(self, failure: ItemFailure) -> None:
+        """An item that could not be processed (a row of the output with the failure's reason)."""
+        s = self.stats
+        s.failed[failure.reason] = s.failed.get(failure.reason, 0) + 1
+        if len(s.examples) < UnitStats.MAX_EXAMPLES:
+            s.examples.append(f"{failure.item}: {failure.reason}: {failure.message}"[:300])
 
 
-class _Actor:
-    """The Ray Data callable class wrapping a stage: constructed on the actor, so `setup` runs there.
+@dataclass
+class ActorStage(Stage):
+    """A model stage: its units run on a Ray Data actor pool (`resources`: actors, CPUs/GPUs each)."""
 
-    The stage rides on a per-run subclass (see `_actor_class`) rather than in constructor arguments,
-    which Ray would park in the object store, where a restarted actor could lose them.
+    kind: ClassVar[str] = "actor"
+
+
+@dataclass
+class TaskStage(Stage):
+    """A columnar stage: each unit is one Ray task, or runs in this process for small builds (the
+    same `process`, so the same tables either way)."""
+
+    engine: str = "auto"  # "local", "ray", or "auto": Ray from `ray_min_rows` input rows on
+    ray_min_rows: int = 100_000
+
+    kind: ClassVar[str] = "task"
+
+    def on_ray(self, units: list[Unit]) -> bool:
+        return self.engine == "ray" or (self.engine == "auto" and sum(u.rows for u in units) >= self.ray_min_rows)
+
+
+def run_unit(stage: Stage, unit: Unit) -> dict:
+    """Process one unit on a worker and write its outputs; returns its record (id, rows, stats).
+
+    Secondary outputs are written first and the first output last: its file is the done marker, so a
+    unit killed half-way is simply run again.
     """
-
-    stage_template: ActorStage
-
-    def __init__(self):
-        import torch
-
-        stage = self.stage_template
-        torch.set_num_threads(max(1, int(stage.resources.num_cpus)))
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.stage = stage
-        stage.setup()
-
-    def __call__(self, batch: pd.DataFrame) -> pa.Table:
-        tables = [self.stage.process(json.loads(payload)) for payload in batch["tasks"]]
-        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-
-
-def _actor_class(stage: ActorStage) -> type[_Actor]:
-    return type(f"{type(stage).__name__}Actor", (_Actor,), {"stage_template": stage})
-
-
-def make_units(tasks: Sequence[dict[str, Any]], size: int, key: Callable[[dict], Any]) -> list[list[dict]]:
-    """Cut tasks into units of at most `size`, grouped by `key` and ordered by it: same work, same units."""
-    by_key: dict[Any, list[dict]] = {}
-    for t in sorted(tasks, key=lambda t: (key(t), t["id"])):
-        by_key.setdefault(key(t), []).append(t)
-    units = []
-    for group in by_key.values():
-        units += [group[i : i + size] for i in range(0, len(group), size)]
-    return units
-
-
-def run_stage(stage: ActorStage, units: list[list[dict[str, Any]]]) -> Iterator[pa.Table]:
-    """Run `units` through an actor pool of `stage`; yields each unit's output as soon as it is done."""
-    if not units:
-        return
-    res = stage.resources
-    check_resources(stage.name, res.num_gpus, res.num_cpus)
-    blocks = [pd.DataFrame({"tasks": [json.dumps(u)]}) for u in units]
-    ds = ray.data.from_pandas(blocks).map_batches(
-        _actor_class(stage),
-        batch_size=1,
-        batch_format="pandas",
-        compute=ray.data.ActorPoolStrategy(size=min(res.num_actors, len(units))),
-        num_gpus=res.num_gpus,
-        num_cpus=res.num_cpus,
-    )
-    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    stage._stats = UnitStats()
+    result = stage.process(unit)
+    outs = stage.outputs()
+    tables = result if isinstance(result, dict) else {outs[0].name: result}
+    for table in outs[1:]:
+        table.write_unit(unit.id, tables.get(table.name, table.schema.empty_table()), UnitStats())
+    rec = outs[0].write_unit(unit.id, tables[outs[0].name], stage.stats)
+    return {"id": unit.id, "rows": rec.rows, "stats": rec.stats, "loose": True}

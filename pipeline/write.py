@@ -1,11 +1,11 @@
 """The write stage: selected pairs -> WebDataset tar shards, a sidecar parquet per shard and the folder's
-manifest.
+manifest, then the dataset card.
 
-Each shard is one Ray task that builds its samples, streams the tar into a temp file and renames it into
-place (then its sidecar the same way). The driver stays columnar: it looks up the winner and loser rows
-of the selected pairs with Arrow kernels, hands each task only its own rows (copied, so a task's
-arguments are its slice and not the whole table), and keeps a bounded number of tasks in flight, so a
-build of millions of pairs never holds every shard's samples at once.
+A unit is one shard: a modality and a range of the sample order (sort_key, pair_id), planned from the
+selected table's small columns. The worker reads its own rows (their winner / loser records came with
+them from the select stage), streams the tar into a temp file and renames it into place, then its
+sidecar; its output row (name, checksums, counts) is the shard's done marker, and `finalize` builds
+each folder's manifest from those rows alone.
 
 Tars are reproducible: fixed member order, owner, mode and mtime, and media bytes copied from `media/`
 without re-encoding.
@@ -15,18 +15,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import tarfile
-from collections.abc import Callable
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import ray
+import pyarrow.dataset as ds
 
+from pipeline.catalogue import Table, UnitRecord
+from pipeline.records import _num
+from pipeline.stage import StageInputError, TaskStage
 from pipeline.store import write_atomic, write_bytes, write_table
 from schemas.ids import canonical_json
 from schemas.shard import (
@@ -40,51 +42,15 @@ from schemas.shard import (
     shard_name,
     sidecar_name,
 )
+from schemas.units import Unit, make_unit
 
-_RECORD_COLS = ("candidate_id", "generator", "seed", "params", "width", "height", "num_frames", "fps", "media_path")
-_ADVANTAGE_SUFFIX = "_advantage"  # scores_schema's per-scorer advantage columns: f"{scorer}_advantage"
-_SCORE, _ADV = "score:", "advantage:"  # prefixes of the flat record columns handed to the shard tasks
-
-
-def _num(x: Any) -> Any:
-    """JSON-safe scalar: NaN -> None."""
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x
-
-
-def advantage_columns(schema: pa.Schema, score_cols: list[str]) -> dict[str, str]:
-    """Shard-json advantage name -> scores column: one per score column, then every other
-    `*_advantage` column the scores schema carries (e.g. `combined_advantage` -> "combined")."""
-    out = {c: f"{c}{_ADVANTAGE_SUFFIX}" for c in score_cols}
-    taken = set(out.values())
-    for name in schema.names:
-        if name.endswith(_ADVANTAGE_SUFFIX) and name not in taken:
-            out[name.removesuffix(_ADVANTAGE_SUFFIX)] = name
-    return out
-
-
-def _records(candidates: pa.Table, scores: pa.Table, score_cols: list[str], needed: pa.Array) -> pa.Table:
-    """One flat row per candidate in `needed`: its record fields, `score:<c>` and `advantage:<name>`
-    columns (null where the candidate has no scores row). Columnar: no Python loop over rows."""
-    cand = candidates.filter(pc.is_in(candidates["candidate_id"], value_set=needed)).select(list(_RECORD_COLS))
-    where = pc.index_in(cand["candidate_id"], value_set=scores["candidate_id"])
-    columns = {**{f"{_SCORE}{c}": c for c in score_cols},
-               **{f"{_ADV}{k}": col for k, col in advantage_columns(scores.schema, score_cols).items()}}
-    picked = scores.select(list(columns.values())).take(where)
-    for flat, col in columns.items():
-        cand = cand.append_column(flat, picked[col])
-    return cand.combine_chunks()  # one chunk: the per-shard take() below is then a cheap gather
-
-
-def _record(row: dict) -> dict:
-    """A flat record row -> the winner/loser record of the shard json (media_path kept for the writer)."""
-    rec = {k: row[k] for k in _RECORD_COLS}
-    # params stay canonical json text: their keys differ by generator, and readers that infer a
-    # schema from the first samples (datasets' webdataset builder) would drop or mistype the rest.
-    rec["scores"] = {k.removeprefix(_SCORE): _num(v) for k, v in row.items() if k.startswith(_SCORE)}
-    rec["advantages"] = {k.removeprefix(_ADV): _num(v) for k, v in row.items() if k.startswith(_ADV)}
-    return rec
+# One row per written shard: the write stage's output table and the manifests' source.
+SHARD_INDEX = pa.schema([
+    ("modality", pa.string()), ("index", pa.int64()), ("name", pa.string()), ("samples", pa.int64()),
+    ("bytes", pa.int64()), ("sha256", pa.string()), ("sidecar", pa.string()), ("sidecar_sha256", pa.string()),
+    ("counts", pa.string()),  # canonical json: categories, winner generators (by category), agreement
+])
+_SIDECAR_DROP = ("sort_key", "winner_record", "loser_record")
 
 
 def _sample(row: dict, win: dict, lose: dict, scorers: list[str]) -> dict:
@@ -94,8 +60,8 @@ def _sample(row: dict, win: dict, lose: dict, scorers: list[str]) -> dict:
         "prompt": row["prompt"],
         "category": row["category"],
         "modality": row["modality"],
-        "winner": _record(win),
-        "loser": _record(lose),
+        "winner": win,
+        "loser": lose,
         "margins": {s: _num(row[f"margin_{s}"]) for s in scorers},
         "agreement": {"agree": int(row["agree"]), "n_scorers": int(row["n_scorers"])},
         "vlm_probability": _num(row["p_vlm"]),
@@ -115,17 +81,18 @@ class _Hashing:
         return self.f.write(data)
 
 
-@ray.remote(num_cpus=1)
-def _write_shard(
-    media_root: str, folder: str, index: int, split: str, rows: pa.Table, winners: pa.Table, losers: pa.Table,
-    scorers: list[str], ext: str,
-) -> dict:
-    """One shard: its tar streamed to a temp file and renamed into place, then its sidecar."""
+def write_shard(media_root: str, folder: str, index: int, split: str, rows: pa.Table, scorers: list[str], ext: str) -> dict:
+    """One shard from its selected rows (in sample order): the tar streamed to a temp file and renamed
+    into place, then its sidecar. Returns its manifest entry."""
     from pipeline.media import MediaStore
 
     media = MediaStore(media_root)
     name, side_name = shard_name(split, index), sidecar_name(split, index)
-    samples = [_sample(r, w, lo, scorers) for r, w, lo in zip(rows.to_pylist(), winners.to_pylist(), losers.to_pylist())]
+    records = [(json.loads(w), json.loads(lo)) for w, lo in zip(rows["winner_record"].to_pylist(), rows["loser_record"].to_pylist())]
+    for i, (w, lo) in enumerate(records):
+        if w is None or lo is None:
+            raise ValueError(f"selected pair {rows['pair_id'][i].as_py()}: no winner/loser record (rerun the select stage)")
+    samples = [_sample(r, w, lo, scorers) for r, (w, lo) in zip(rows.to_pylist(), records)]
     sink: dict[str, _Hashing] = {}
 
     def write_tar(f: BinaryIO) -> None:
@@ -149,118 +116,149 @@ def _write_shard(
                     tar.addfile(info, io.BytesIO(data))
 
     write_atomic(Path(folder) / name, write_tar)
-    side = (rows.drop_columns(["order"])
-            .append_column("winner_generator", winners["generator"])
-            .append_column("loser_generator", losers["generator"])
+    side = (rows.drop_columns(list(_SIDECAR_DROP))
+            .append_column("winner_generator", pa.array([w["generator"] for w, _ in records], pa.string()))
+            .append_column("loser_generator", pa.array([lo["generator"] for _, lo in records], pa.string()))
             .append_column("shard", pa.array([name] * rows.num_rows, pa.string())))
     side_path = write_table(side, Path(folder) / side_name)
+    by_cat: dict[str, Counter] = {}
+    for s in samples:
+        by_cat.setdefault(s["category"], Counter())[s["winner"]["generator"]] += 1
+    counts = {
+        "categories": dict(Counter(s["category"] for s in samples)),
+        "winner_generators_by_category": {c: dict(v) for c, v in by_cat.items()},
+        "agreement": dict(Counter(str(s["agreement"]["agree"]) for s in samples)),
+    }
     return {
         "name": name, "samples": rows.num_rows, "bytes": sink["out"].size, "sha256": sink["out"].sha.hexdigest(),
         "sidecar": side_name, "sidecar_sha256": hashlib.sha256(side_path.read_bytes()).hexdigest(),
+        "counts": canonical_json(counts),
     }
 
 
-def _positions(group: pa.Table, side: str, records: pa.Table) -> np.ndarray:
-    """Row of `records` holding each pair's `side` candidate; a clear error when one is missing."""
-    where = pc.index_in(group[side], value_set=records["candidate_id"])
-    if where.null_count:
-        i = pc.index(pc.is_null(where), True).as_py()
-        raise ValueError(
-            f"selected pair {group['pair_id'][i].as_py()}: {side} {group[side][i].as_py()} is not in the candidates table"
-        )
-    return where.to_numpy()
+def shard_bounds(selected: Table, samples_per_shard: int) -> dict[str, list[tuple[float, str]]]:
+    """Per modality, the (sort_key, pair_id) of each shard's first sample: the only rows-sized work of the
+    stage's planning, on three small columns (run as a Ray task when the build is on Ray)."""
+    t = selected.read(["modality", "sort_key", "pair_id"])
+    out: dict[str, list[tuple[float, str]]] = {}
+    for modality in sorted(pc.unique(t["modality"]).to_pylist()):
+        mine = t.filter(pc.equal(t["modality"], modality)).sort_by([("sort_key", "ascending"), ("pair_id", "ascending")])
+        keys, ids = mine["sort_key"].to_numpy(), mine["pair_id"]
+        starts = range(0, mine.num_rows, samples_per_shard)
+        out[modality] = [(float(keys[i]), ids[i].as_py()) for i in starts]
+    return out
 
 
-def _counts(values: pd.Series | list) -> dict[str, int]:
-    return {str(k): int(v) for k, v in sorted(pd.Series(values).value_counts().items(), key=lambda kv: str(kv[0]))}
+def _merge(counts: list[dict]) -> dict:
+    out: dict[str, Any] = {"categories": Counter(), "winner_generators_by_category": {}, "agreement": Counter()}
+    for c in counts:
+        out["categories"].update(c["categories"])
+        out["agreement"].update(c["agreement"])
+        for cat, gens in c["winner_generators_by_category"].items():
+            out["winner_generators_by_category"].setdefault(cat, Counter()).update(gens)
+    return out
 
 
-def _run_bounded(submit: Callable[[int], ray.ObjectRef], n: int, limit: int) -> list[dict]:
-    """The results of `submit(0)` .. `submit(n - 1)` in index order, with at most `limit` tasks in flight."""
-    pending: dict[ray.ObjectRef, int] = {}
-    results: dict[int, dict] = {}
-    for index in range(n):
-        if len(pending) >= limit:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            results[pending.pop(done[0])] = ray.get(done[0])
-        pending[submit(index)] = index
-    for ref, index in pending.items():
-        results[index] = ray.get(ref)
-    return [results[i] for i in range(n)]
+def _sorted_counts(c: Counter | dict) -> dict[str, int]:
+    return {str(k): int(v) for k, v in sorted(c.items(), key=lambda kv: str(kv[0]))}
 
 
-def _default_in_flight() -> int:
-    return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+@dataclass
+class ShardStage(TaskStage):
+    """One unit per shard; `finalize` writes the manifests (and removes files of earlier, larger builds)."""
 
+    selected: Table | None = None
+    shard_index: Table | None = None
+    out_dir: str = ""
+    media_root: str = ""
+    scorers: tuple[str, ...] = ()
+    image_format: str = "jpg"
+    samples_per_shard: int = 1000
+    dataset_name: str = "vipo"
+    split: str = "train"
+    use_ray: bool = False
 
-def _write_folder(
-    group: pa.Table, records: pa.Table, folder: Path, *, media_root: str, scorers: list[str], image_format: str,
-    samples_per_shard: int, name: str, limit: int,
-) -> dict:
-    """One modality's shards (Ray tasks, at most `limit` in flight), stale files removed, then its manifest."""
-    modality = group["modality"][0].as_py()
-    ext = media_extension(modality, image_format)
-    split = group["split"][0].as_py()
-    win_at, lose_at = _positions(group, "winner_id", records), _positions(group, "loser_id", records)
-    starts = range(0, group.num_rows, samples_per_shard)
+    name: ClassVar[str] = "write"
+    verb: ClassVar[str] = "written"
 
-    def submit(index: int) -> ray.ObjectRef:
-        span = np.arange(starts[index], min(starts[index] + samples_per_shard, group.num_rows))
-        return _write_shard.remote(  # take() copies: a task's arguments are its own rows only
-            media_root, str(folder), index, split, group.take(span),
-            records.take(win_at[span]), records.take(lose_at[span]), scorers, ext,
-        )
+    def outputs(self) -> tuple[Table, ...]:
+        return (self.shard_index,)
 
-    infos = _run_bounded(submit, len(starts), limit)
-    winners = records["generator"].take(win_at).to_numpy(zero_copy_only=False)
-    categories = group["category"].to_numpy(zero_copy_only=False)
-    by_category = pd.DataFrame({"category": categories, "generator": winners}).groupby("category", sort=True)["generator"]
-    manifest = {
-        "name": name,
-        "dataset_version": DATASET_VERSION,
-        "modality": modality,
-        "split": split,
-        "members": list(member_names(modality, image_format)),
-        "num_samples": int(group.num_rows),
-        "categories": _counts(categories),
-        "winner_generators": _counts(winners),
-        "winner_generators_by_category": {str(c): _counts(g) for c, g in by_category},
-        "agreement": _counts(group["agree"].to_numpy()),
-        "shards": infos,
-    }
-    keep = {i["name"] for i in infos} | {i["sidecar"] for i in infos}
-    for stale in [*folder.glob("*.tar"), *folder.glob("*.parquet"), *folder.glob(".*.tmp")]:
-        if stale.name not in keep:  # left by an earlier build with more shards, or temp files of a killed one
-            stale.unlink()
-    write_bytes(folder / MANIFEST_NAME, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-    return manifest
+    def plan(self) -> list[Unit]:
+        recs = self.selected.records() if self.selected is not None else {}
+        if not recs:
+            raise StageInputError(f"stage 'write' needs {self.selected.folder}; run the 'select' stage first")
+        if self.use_ray:
+            import ray
 
+            bounds = ray.get(ray.remote(shard_bounds).options(num_cpus=1).remote(self.selected, self.samples_per_shard))
+        else:
+            bounds = shard_bounds(self.selected, self.samples_per_shard)
+        source = sorted(recs)
+        total = {m: 0 for m in bounds}
+        units = []
+        settings = (self.samples_per_shard, self.image_format, self.dataset_name, self.split, DATASET_VERSION, list(self.scorers))
+        for modality, starts in bounds.items():
+            for i, lo in enumerate(starts):
+                hi = starts[i + 1] if i + 1 < len(starts) else None
+                units.append(make_unit("write", (modality, i, settings, source), key=modality, rows=self.samples_per_shard,
+                                       modality=modality, index=i, lo=list(lo), hi=list(hi) if hi else None))
+            total[modality] = len(starts)
+        return units
 
-def write_shards(
-    selected: pa.Table,
-    candidates: pa.Table,
-    scores: pa.Table,
-    *,
-    out_dir: str,
-    media_root: str,
-    scorers: list[str],
-    score_cols: list[str],
-    image_format: str,
-    samples_per_shard: int,
-    name: str,
-    max_in_flight: int | None = None,
-) -> dict[str, dict]:
-    """Write every modality's shards, sidecars and manifest; returns the manifests by modality.
+    def process(self, unit: Unit) -> pa.Table:
+        modality, index = unit.param("modality"), unit.param("index")
+        lo, hi = unit.param("lo"), unit.param("hi")
+        where = (ds.field("modality") == modality) & (ds.field("sort_key") >= lo[0])
+        if hi is not None:
+            where &= ds.field("sort_key") <= hi[0]
+        rows = self.selected.read(filter=where).sort_by([("sort_key", "ascending"), ("pair_id", "ascending")])
+        keys, ids = rows["sort_key"].to_pylist(), rows["pair_id"].to_pylist()
+        keep = [i for i, k in enumerate(zip(keys, ids)) if tuple(lo) <= k and (hi is None or k < tuple(hi))]
+        rows = rows.take(pa.array(keep, pa.int64())).combine_chunks()
+        ext = media_extension(modality, self.image_format)
+        folder = Path(self.out_dir) / "shards" / modality
+        info = write_shard(self.media_root, str(folder), index, self.split, rows, list(self.scorers), ext)
+        self.count(n_in=rows.num_rows, n_out=rows.num_rows)
+        return pa.Table.from_pylist([{"modality": modality, "index": index, **info}], schema=SHARD_INDEX)
 
-    `max_in_flight`: shard tasks submitted and not yet finished (default: twice the cluster's CPUs)."""
-    needed = pc.unique(pa.chunked_array([*selected["winner_id"].chunks, *selected["loser_id"].chunks], pa.string()))
-    records = _records(candidates, scores, score_cols, needed)
-    limit = max_in_flight or _default_in_flight()
-    manifests = {}
-    for modality in sorted(pc.unique(selected["modality"]).to_pylist()):
-        manifests[modality] = _write_folder(
-            selected.filter(pc.equal(selected["modality"], modality)).sort_by("order").combine_chunks(), records,
-            Path(out_dir) / "shards" / modality, media_root=media_root, scorers=scorers, image_format=image_format,
-            samples_per_shard=samples_per_shard, name=name, limit=limit,
-        )
-    return manifests
+    def finalize(self, records: dict[str, UnitRecord]) -> str:
+        index = self.shard_index.read(records=records.values()).to_pylist()
+        self.manifests = {}
+        for modality in sorted({r["modality"] for r in index}):
+            shards = sorted((r for r in index if r["modality"] == modality), key=lambda r: r["index"])
+            self.manifests[modality] = self._manifest(modality, shards)
+        for modality in ("image", "video"):  # a modality this build no longer has
+            folder = Path(self.out_dir) / "shards" / modality
+            if modality not in self.manifests and folder.exists():
+                for stale in [*folder.glob("*.tar"), *folder.glob("*.parquet"), folder / MANIFEST_NAME]:
+                    stale.unlink(missing_ok=True)
+        n = sum(len(m["shards"]) for m in self.manifests.values())
+        return f"{n} shards"
+
+    def _manifest(self, modality: str, shards: list[dict]) -> dict:
+        folder = Path(self.out_dir) / "shards" / modality
+        counts = _merge([json.loads(r["counts"]) for r in shards])
+        winners: Counter = Counter()
+        for gens in counts["winner_generators_by_category"].values():
+            winners.update(gens)
+        infos = [{k: r[k] for k in ("name", "samples", "bytes", "sha256", "sidecar", "sidecar_sha256")} for r in shards]
+        manifest = {
+            "name": self.dataset_name,
+            "dataset_version": DATASET_VERSION,
+            "modality": modality,
+            "split": self.split,
+            "members": list(member_names(modality, self.image_format)),
+            "num_samples": int(sum(r["samples"] for r in shards)),
+            "categories": _sorted_counts(counts["categories"]),
+            "winner_generators": _sorted_counts(winners),
+            "winner_generators_by_category": {c: _sorted_counts(g) for c, g in sorted(counts["winner_generators_by_category"].items())},
+            "agreement": _sorted_counts(counts["agreement"]),
+            "shards": infos,
+        }
+        keep = {i["name"] for i in infos} | {i["sidecar"] for i in infos}
+        for stale in [*folder.glob("*.tar"), *folder.glob("*.parquet"), *folder.glob(".*.tmp")]:
+            if stale.name not in keep:  # left by an earlier build with more shards, or temp files of a killed one
+                stale.unlink()
+        write_bytes(folder / MANIFEST_NAME, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        return manifest

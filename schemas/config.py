@@ -36,6 +36,9 @@ class ResourceConfig(Strict):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per actor.")
     num_actors: int = Field(1, ge=1, description="Actors in the pool.")
     batch_size: int = Field(4, ge=1, description="Items per model call.")
+    batches_per_unit: int = Field(
+        8, ge=1, description="Model calls per work unit: a unit is the grain of scheduling, resume and retry."
+    )
 
 
 class GeneratorConfig(Strict):
@@ -124,12 +127,6 @@ class PairingConfig(Strict):
         description="Drop a pair whose winner and loser 64-bit pHashes differ in at most this many bits "
         "(mean over the hashed frames for video; reason near_duplicate); None keeps them.",
     )
-    engine: Literal["auto", "local", "ray"] = Field(
-        "auto",
-        description="Pair formation on this machine (vectorised pyarrow/numpy) or as a Ray Data groupby; "
-        "auto picks ray from ray_min_rows scored candidates on.",
-    )
-    ray_min_rows: int = Field(20_000_000, ge=1, description="Scored candidates from which engine auto uses Ray Data.")
 
 
 class SelectionConfig(Strict):
@@ -143,7 +140,7 @@ class SelectionConfig(Strict):
 
 
 class JudgeConfig(Strict):
-    """The VLM rater asked about pairs that passed the reward-model rule (DESIGN.md, "VLM rater")."""
+    """The VLM rater asked about pairs that passed the reward-model rule (docs/vlm_rater.md)."""
 
     backend: Literal["transformers", "vllm", "openai"] = Field(
         "transformers", description="transformers (CPU/GPU), vllm (offline engine, GPU) or openai (any compatible server)."
@@ -182,9 +179,25 @@ class ShardConfig(Strict):
     split: str = Field("train", pattern=r"^[a-z0-9_]+$", description="Split name in shard file names.")
 
 
+class FailureConfig(Strict):
+    max_share: float = Field(
+        0.1, ge=0, le=1,
+        description="A model stage stops when more than this share of its items failed (each failure is a row with its "
+        "reason: failed, corrupt_media, vlm_no_label); below it, failed items are recorded and the stage goes on.",
+    )
+    min_items: int = Field(50, ge=1, description="Items a stage must have seen before the share is checked.")
+
+
 class RayConfig(Strict):
     address: str | None = Field(None, description="Cluster address; None starts a local instance (or RAY_ADDRESS).")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local instance; default: all.")
+    columnar: Literal["auto", "local", "ray"] = Field(
+        "auto",
+        description="Where the columnar stages (score statistics, pair, select, write) run their units (one per "
+        "category, or per shard): in the driver process (local) or as Ray tasks (ray), with identical tables; "
+        "auto picks ray from columnar_min_rows input rows on.",
+    )
+    columnar_min_rows: int = Field(100_000, ge=1, description="Input rows of a columnar stage from which `columnar: auto` uses Ray.")
 
 
 class BuildConfig(Strict):
@@ -203,6 +216,7 @@ class BuildConfig(Strict):
     media: MediaConfig = Field(default_factory=MediaConfig, description="Media encoding.")
     shards: ShardConfig = Field(default_factory=ShardConfig, description="Shard layout.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Where the stages run.")
+    failures: FailureConfig = Field(default_factory=FailureConfig, description="When item failures stop a stage.")
     cache_dir: str | None = Field(None, description="Where tiny models are materialised; default ~/.cache/vipo.")
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""Arrow schemas of the stage tables (DESIGN.md, "Tables"): the one definition every stage uses."""
+"""Arrow schemas of the stage tables (docs/architecture.md, "Tables"): the one definition every stage uses."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -60,14 +60,16 @@ def scores_schema(scorers: Sequence[str]) -> pa.Schema:
             (f"{s}_group_std", pa.float32()),
             (f"{s}_advantage", pa.float32()),
         ]
-    return pa.schema(fields + [(COMBINED_ADVANTAGE, pa.float32())])
+    return pa.schema(fields + [(COMBINED_ADVANTAGE, pa.float32()), ("reason", pa.string())])
 
 
 def raw_scores_schema(scorers: Sequence[str]) -> pa.Schema:
-    """What the score actors emit, before the group statistics are added."""
+    """What the score actors emit, before the group statistics are added. `reason`: why a candidate
+    has no scores (corrupt_media, failed: docs/architecture.md, "Errors"); null when scored."""
     return pa.schema(
         [("candidate_id", pa.string()), ("prompt_id", pa.string()), ("category", pa.string()), ("modality", pa.string())]
         + [(s, pa.float32()) for s in scorers]
+        + [("reason", pa.string())]
     )
 
 
@@ -94,13 +96,21 @@ def pairs_schema(scorers: Sequence[str]) -> pa.Schema:
 JUDGEMENTS = pa.schema(
     [
         ("pair_id", pa.string()),
+        ("category", pa.string()),
         ("rater", pa.string()),
-        ("p_winner", pa.float32()),  # swap-debiased P(winner better)
+        ("p_winner", pa.float32()),  # swap-debiased P(winner better); null when the rater gave no answer
         ("p_winner_first", pa.float32()),  # winner shown as A
         ("p_winner_second", pa.float32()),  # winner shown as B
         ("position_consistency", pa.float32()),
+        ("reason", pa.string()),  # why there is no answer (vlm_no_label, corrupt_media, failed); null otherwise
     ]
 )
+
+# The VLM rule's decision per judged pair (pipeline/select.py applies it).
+JUDGE_KEEPS = pa.schema([("pair_id", pa.string()), ("kept", pa.bool_()), ("drop_reason", pa.string())])
+
+# Consistent pairs the select stage did not take, with the reason.
+DROPPED = pa.schema([("pair_id", pa.string()), ("category", pa.string()), ("reason", pa.string())])
 
 
 def selected_schema(scorers: Sequence[str]) -> pa.Schema:
@@ -111,9 +121,14 @@ def selected_schema(scorers: Sequence[str]) -> pa.Schema:
             ("prompt", pa.string()),
             ("p_vlm", pa.float32()),  # null when no VLM rater is configured
             ("split", pa.string()),
-            ("order", pa.int64()),  # position in the shuffled, category-interleaved sample order
+            # sample order: shards hold a modality's pairs sorted by (sort_key, pair_id): seeded, interleaved
+            # across categories in proportion to their sizes (docs/selection.md)
+            ("sort_key", pa.float64()),
             # 0: a reader presenting pairs as image_0/image_1 shows the winner first; 1: second. Balanced per
             # category (docs/selection.md); shards keep win/lose members, this only fixes an A/B orientation.
             ("winner_position", pa.int8()),
+            # the shard json's winner / loser records (canonical json, with the media path for the writer)
+            ("winner_record", pa.string()),
+            ("loser_record", pa.string()),
         ]
     )

@@ -63,12 +63,12 @@ def test_shards_load_with_webdataset_alone(built):
 
 def test_sidecars_match_selected(built):
     _, result = built
-    selected = pq.read_table(result.out_dir / "selected" / "selected.parquet").to_pandas()
+    selected = pq.read_table(result.out_dir / "selected").to_pandas()
     side_ids = []
     for p in sorted((result.out_dir / "shards").rglob("*.parquet")):
         side_ids += pq.read_table(p, columns=["pair_id"]).column(0).to_pylist()
     assert sorted(side_ids) == sorted(selected.pair_id)
-    pairs = pq.read_table(result.out_dir / "pairs" / "pairs.parquet").to_pandas()
+    pairs = pq.read_table(result.out_dir / "pairs").to_pandas()
     assert set(selected.pair_id) <= set(pairs[pairs.kept].pair_id)
     assert pairs[~pairs.kept].drop_reason.notna().all()
 
@@ -116,7 +116,7 @@ def test_sigkill_midway_then_resume_gives_identical_shards(built, ray_session, v
     )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if len(list((out / "candidates").glob("part-*.parquet"))) >= 2:
+        if len(list((out / "candidates").glob("_units/*.parquet"))) >= 2:  # two generate units done, one to go
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the build finished before it could be killed"
@@ -136,7 +136,7 @@ def test_scores_hold_rewards_metrics_and_advantages(built):
     from schemas.tables import REWARD_MODEL_NAMES, VIDEO_METRIC_NAMES
 
     _, result = built
-    scores = pq.read_table(result.out_dir / "scores" / "scores.parquet").to_pandas()
+    scores = pq.read_table(result.out_dir / "scores").to_pandas()
     assert scores[list(REWARD_MODEL_NAMES)].notna().all().all()
     video, image = scores[scores.modality == "video"], scores[scores.modality == "image"]
     assert video[list(VIDEO_METRIC_NAMES)].notna().all().all()
@@ -158,14 +158,14 @@ def test_judge_stage_filters_with_the_vlm_and_records_its_probability(built, tmp
                      "video_frames": 2, "resources": {"num_cpus": 1, "num_actors": 1, "batch_size": 4}}
     judged = Build(parse_config(data)).run(["judge", "select", "write"])
     summary = {s.stage: s for s in judged.summaries}
-    pairs = pq.read_table(out / "pairs" / "pairs.parquet").to_pandas()
+    pairs = pq.read_table(out / "pairs").to_pandas()
     assert summary["judge"].n_in == int(pairs.kept.sum())
-    judgements = pq.read_table(out / "judgements" / "raw").to_pandas().set_index("pair_id")
+    judgements = pq.read_table(out / "judgements").to_pandas().set_index("pair_id")
     assert set(judgements.index) == set(pairs[pairs.kept].pair_id)
-    selected = pq.read_table(out / "selected" / "selected.parquet").to_pandas()
+    selected = pq.read_table(out / "selected").to_pandas()
     assert (selected.p_vlm >= 0.5).all()
     assert (selected.p_vlm.to_numpy() == judgements.loc[selected.pair_id, "p_winner"].to_numpy()).all()
-    dropped = pq.read_table(out / "selected" / "dropped.parquet").to_pandas()
+    dropped = pq.read_table(out / "dropped").to_pandas()
     refused = judgements[judgements.p_winner < 0.5].index
     assert set(dropped[dropped.reason == "vlm_disagrees"].pair_id) == set(refused)
     assert verify_dataset(out) == []
@@ -189,11 +189,11 @@ def test_prompt_files_join_the_library_and_bad_rows_are_listed(ray_session, vipo
     data = small_config(vipo_cache, tmp_path / "b")
     data["prompt_files"] = [str(prompts)]
     result = Build(parse_config(data)).run(["prompts"])
-    table = pq.read_table(tmp_path / "b" / "prompts" / "prompts.parquet").to_pandas()
+    table = pq.read_table(tmp_path / "b" / "prompts").to_pandas()
     mine = table[table.source == "mine.jsonl"]
     assert mine.prompt.tolist() == ["a red fox asleep in a teacup"]
     assert len(table) == 2 + 2 + 1  # two library prompts per category, plus the file's good row
-    problems = (tmp_path / "b" / "prompts" / "problems.txt").read_text().splitlines()
+    problems = (tmp_path / "b" / "prompts" / "_problems.txt").read_text().splitlines()
     assert len(problems) == 2 and problems[0].startswith(f"{prompts}:2:") and problems[1].startswith(f"{prompts}:3:")
     assert result.summaries[0].dropped == {"bad_row": 2}
 
@@ -201,7 +201,7 @@ def test_prompt_files_join_the_library_and_bad_rows_are_listed(ray_session, vipo
 def test_reward_models_split_over_two_actor_pools_give_the_same_scores(built, tmp_path):
     cfg, result = built
     out = tmp_path / "split"
-    shutil.copytree(result.out_dir, out, ignore=shutil.ignore_patterns("scores", "pairs", "selected", "shards", "card"))
+    shutil.copytree(result.out_dir, out, ignore=shutil.ignore_patterns("scores", "scores_raw", "pairs", "selected", "shards", "card"))
     data = cfg.model_dump(mode="json")
     data["output_dir"] = str(out)
     res = data["scoring"]["resources"]
@@ -210,9 +210,9 @@ def test_reward_models_split_over_two_actor_pools_give_the_same_scores(built, tm
         {"models": ["imagereward", "clipscore", "aesthetic"], "resources": res},
     ]
     Build(parse_config(data)).run(["score"])
-    assert sorted(p.name for p in (out / "scores" / "raw").iterdir()) == ["group-0", "group-1"]
-    split = pq.read_table(out / "scores" / "scores.parquet")
-    whole = pq.read_table(result.out_dir / "scores" / "scores.parquet")
+    assert sorted(p.name for p in (out / "scores_raw").iterdir()) == ["group-0", "group-1"]
+    split = pq.read_table(out / "scores")
+    whole = pq.read_table(result.out_dir / "scores")
     assert split.equals(whole)  # video metrics ride with the pool that holds clipscore, as before
 
 

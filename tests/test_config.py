@@ -33,7 +33,7 @@ def test_demo_and_presets_validate():
         (lambda c: c["categories"]["aesthetics"].update({"quota": 0}), "categories.aesthetics.quota", "greater than or equal"),
         (lambda c: c["pairing"].update({"min_margin": 0.5, "max_margin": 0.5}), "pairing.max_margin", "must exceed"),
         (lambda c: c["pairing"].update({"near_duplicate_bits": 65}), "pairing.near_duplicate_bits", "less than or equal"),
-        (lambda c: c["pairing"].update({"engine": "spark"}), "pairing.engine", "'auto', 'local' or 'ray'"),
+        (lambda c: c.setdefault("ray", {}).update({"columnar": "spark"}), "ray.columnar", "'auto', 'local' or 'ray'"),
         (lambda c: c.update({"selection": {"max_winner_generator_share": 1.5}}), "selection.max_winner_generator_share", "less than"),
     ],
 )

@@ -72,7 +72,19 @@ class VLMRater:
         return ab, ba
 
     def rate(self, pairs: Sequence[PairQuery]) -> list[Judgement]:
-        """One `Judgement` per pair, in order; `p_first` is P(media_a better), swap-debiased."""
+        """One `Judgement` per pair, in order; `p_first` is P(media_a better), swap-debiased. A pair
+        with no readable answer raises (see `rate_each` to get it back as a value instead)."""
+        out = []
+        for result in self.rate_each(pairs):
+            if isinstance(result, Exception):
+                raise result
+            out.append(result)
+        return out
+
+    def rate_each(self, pairs: Sequence[PairQuery]) -> list[Judgement | ValueError]:
+        """Like `rate`, but a pair whose answer cannot be read (`RaterAnswerError`: neither label among
+        the first token's log-probabilities; NaN log-probabilities) is returned as its error, so one
+        such pair costs only itself. Backend failures still raise."""
         if not pairs:
             return []
         queries: list[list[Part]] = []
@@ -81,10 +93,10 @@ class VLMRater:
         logprobs = self.backend.label_logprobs(queries)
         if len(logprobs) != len(queries):
             raise RuntimeError(f"backend answered {len(logprobs)} of {len(queries)} queries")
-        out = []
+        out: list[Judgement | ValueError] = []
         for i, pair in enumerate(pairs):
             try:
                 out.append(judgement(pair.pair_id, logprobs[2 * i], logprobs[2 * i + 1]))
             except ValueError as err:
-                raise type(err)(f"pair {pair.pair_id}: {err}") from None
+                out.append(type(err)(f"pair {pair.pair_id}: {err}"))
         return out
