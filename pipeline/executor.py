@@ -158,10 +158,12 @@ class Executor:
         ref = ray.put(stage)
         limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         pending: list = []
-        queue = list(units)
-        while queue or pending:
-            while queue and len(pending) < limit:
-                pending.append(remote.remote(ref, queue.pop(0).to_json()))
+        queue = iter(units)
+        unit = next(queue, None)
+        while unit is not None or pending:
+            while unit is not None and len(pending) < limit:
+                pending.append(remote.remote(ref, unit.to_json()))
+                unit = next(queue, None)
             ready, pending = ray.wait(pending, num_returns=1)
             yield ray.get(ready[0])
 

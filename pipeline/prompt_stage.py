@@ -14,19 +14,11 @@ import pyarrow.compute as pc
 from pipeline.catalogue import Table
 from pipeline.prompts import capacity, library_prompts, load_prompt_files
 from pipeline.stage import TaskStage
-from pipeline.store import concat, dedupe_sorted, write_bytes
+from pipeline.store import concat, dedupe_sorted, file_sha256, write_bytes
 from schemas.tables import PROMPTS
 from schemas.units import Unit, make_unit
 
 PROBLEMS = "_problems.txt"  # in the prompts folder: one line `file:line: what is wrong` per bad row
-
-
-def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -47,7 +39,7 @@ class PromptsStage(TaskStage):
         return Path(self.prompts.folder) / PROBLEMS
 
     def plan(self) -> list[Unit]:
-        files = [(f, _file_digest(f)) for f in self.prompt_files]
+        files = [(f, file_sha256(f)) for f in self.prompt_files]
         return [make_unit("prompts", (sorted(self.counts.items()), self.seed, files), rows=sum(self.counts.values()))]
 
     def process(self, unit: Unit) -> pa.Table:
@@ -73,13 +65,13 @@ class PromptsStage(TaskStage):
 
 def _category_index(table: pa.Table) -> dict:
     """Row range [start, stop) and a fingerprint (of its prompt ids) of each category of a sorted table."""
-    cats = table["category"].to_pylist()
-    ranges, fingerprints, start = {}, {}, 0
-    ids = table["prompt_id"]
-    for i in range(1, len(cats) + 1):
-        if i == len(cats) or cats[i] != cats[start]:
-            ranges[cats[start]] = [start, i]
-            joined = "\x1f".join(ids.slice(start, i - start).to_pylist())
-            fingerprints[cats[start]] = hashlib.sha256(joined.encode()).hexdigest()[:16]
-            start = i
+    ranges, fingerprints = {}, {}
+    if table.num_rows:
+        runs = pc.run_end_encode(table["category"].combine_chunks())
+        start = 0
+        for cat, stop in zip(runs.values.to_pylist(), runs.run_ends.to_pylist()):
+            ranges[cat] = [start, stop]
+            ids = "\x1f".join(table["prompt_id"].slice(start, stop - start).to_pylist())
+            fingerprints[cat] = hashlib.sha256(ids.encode()).hexdigest()[:16]
+            start = stop
     return {"category_rows": ranges, "fingerprints": fingerprints}

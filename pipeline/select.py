@@ -323,7 +323,7 @@ class SelectStage(TaskStage):
     report_path: str = ""
 
     name: ClassVar[str] = "select"
-    verb: ClassVar[str] = "selected from"
+    verb: ClassVar[str] = "ranked"
 
     def outputs(self) -> tuple[Table, ...]:
         return (self.selected, self.dropped)

@@ -57,6 +57,15 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return write_atomic(path, lambda f: f.write(data))
 
 
+def file_sha256(path: str | Path) -> str:
+    """A file's sha256, read in chunks: a shard is never held whole."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     return pq.read_table(path, schema=schema)
 
