@@ -68,12 +68,15 @@ class Executor:
         """Stages writing the same tables (e.g. one generate stage per generator): each runs its units,
         then the shared tables are compacted once, keeping the units of every plan."""
         plans = [stage.plan() for stage in stages]
-        keep: dict[str, set[str]] = {}
+        keep: dict[str, set[str] | None] = {}
         tables: dict[str, Table] = {}
         for stage, units in zip(stages, plans):
             for t in stage.outputs():
                 tables[t.folder] = t
-                keep.setdefault(t.folder, set()).update(u.id for u in units)
+                if not stage.prune:
+                    keep[t.folder] = None
+                elif keep.get(t.folder, set()) is not None:
+                    keep[t.folder] = keep.get(t.folder, set()) | {u.id for u in units}
         runs = [self._run_units(stage, units) for stage, units in zip(stages, plans)]
         self._wait([self._compact_async(t, keep[f]) for f, t in tables.items()])
         summaries = []

@@ -23,8 +23,8 @@ import pyarrow.dataset as ds
 
 from pipeline.catalogue import Table
 from pipeline.phash import PHASH_FRAMES, hamming, hex_words, lookup_ids
-from schemas.ids import _SEP, ID_HEX, pair_id
 from pipeline.stage import StageInputError, TaskStage
+from schemas.ids import _SEP, ID_HEX, pair_id
 from schemas.tables import pairs_schema
 from schemas.units import Unit, make_unit
 

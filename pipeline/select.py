@@ -19,8 +19,8 @@ import pyarrow.dataset as ds
 
 from pipeline.catalogue import Table, UnitRecord
 from pipeline.phash import hex_words, lookup_ids
-from schemas.config import BuildConfig, JudgeConfig
 from pipeline.stage import StageInputError, TaskStage
+from schemas.config import BuildConfig, JudgeConfig
 from schemas.tables import DROPPED, JUDGE_KEEPS, selected_schema
 from schemas.units import Unit, make_unit
 

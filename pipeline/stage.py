@@ -37,6 +37,7 @@ class Stage(abc.ABC):
     name: ClassVar[str] = "stage"
     kind: ClassVar[str] = "task"  # "actor" (model stage) or "task" (columnar)
     verb: ClassVar[str] = "done"  # "(N <verb> now, M already there)" in the summary line
+    prune: ClassVar[bool] = True  # at the end, remove units the current plan no longer has from the outputs
 
     # -- declared ---------------------------------------------------------------------------------
     @abc.abstractmethod

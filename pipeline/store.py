@@ -1,8 +1,8 @@
-"""Parquet tables on disk that only ever become visible whole.
+"""Files on disk that only ever become visible whole.
 
-A stage's output is either one file (`write_table`) or a folder of part files appended as work
-finishes (`PartStore`); both land by atomic rename, so a build killed at any moment leaves only
-complete files behind and resume can trust whatever it finds.
+Every file vipo writes (parquet parts, tars, manifests, media, reports) lands by atomic rename, so a
+build killed at any moment leaves only complete files behind and resume can trust whatever it finds.
+Tables are folders of such files (`pipeline/catalogue.py`).
 """
 from __future__ import annotations
 
@@ -68,42 +68,6 @@ def file_sha256(path: str | Path) -> str:
 
 def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     return pq.read_table(path, schema=schema)
-
-
-class PartStore:
-    """A table kept as `part-*.parquet` files under one folder, keyed by an id column.
-
-    Reads deduplicate by id (first occurrence wins) and sort by id, so the table's content does not
-    depend on how many times, or in which order, the parts were written.
-    """
-
-    def __init__(self, folder: str | Path, schema: pa.Schema, key: str):
-        self.folder = Path(folder)
-        self.schema = schema
-        self.key = key
-
-    def parts(self) -> list[Path]:
-        return sorted(self.folder.glob("part-*.parquet")) if self.folder.exists() else []
-
-    def ids(self) -> set[str]:
-        out: set[str] = set()
-        for p in self.parts():
-            out.update(pq.read_table(p, columns=[self.key]).column(0).to_pylist())
-        return out
-
-    def append(self, table: pa.Table) -> Path | None:
-        if table.num_rows == 0:
-            return None
-        table = table.select(self.schema.names).cast(self.schema)
-        ids = table.column(self.key).to_pylist()
-        name = hashlib.sha256("\x1f".join(sorted(ids)).encode()).hexdigest()[:16]
-        return write_table(table, self.folder / f"part-{name}.parquet")
-
-    def read(self) -> pa.Table:
-        tables = [pq.read_table(p, schema=self.schema) for p in self.parts()]
-        if not tables:
-            return self.schema.empty_table()
-        return dedupe_sorted(pa.concat_tables(tables), self.key)
 
 
 def dedupe_sorted(table: pa.Table, key: str) -> pa.Table:

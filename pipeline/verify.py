@@ -1,9 +1,10 @@
 """`vipo verify`: check a built dataset folder against the shard contract (schemas/shard.py) and its
 balance against the manifest and the build's `config.yaml`.
 
-Reads tars with the standard library only (nothing is unpickled), parquet sidecars with pyarrow and the
-config with `yaml.safe_load`, and size-checks images before decoding, so it is also safe on a dataset
-from elsewhere.
+Reads tars through `pipeline.formats.shards` (webdataset's key rule, one sample in memory at a time,
+members as bytes: nothing is unpickled, none over 512 MiB is read), parquet sidecars with pyarrow and
+the config with `yaml.safe_load`, and size-checks images before decoding, so it is also safe on a
+dataset from elsewhere.
 
 Balance is checked against the build's config.yaml when the folder keeps it: every category within its
 quota, and, when `selection.max_winner_generator_share` is set, no generator winning more than
@@ -14,17 +15,17 @@ Two entry points: `verify_dataset(root)` lists problems (empty: sound), `balance
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
 import re
-import tarfile
 from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from pipeline.formats.shards import READ_ERRORS, Sample, stream_samples
+from pipeline.store import file_sha256
 from schemas.categories import CATEGORIES
 from schemas.ids import ID_HEX
 from schemas.shard import JSON_FIELDS, MANIFEST_NAME, RECORD_FIELDS
@@ -92,15 +93,25 @@ def _decodes(member: str, data: bytes) -> str | None:
         return f"{type(err).__name__}: {err}"
 
 
-def _samples(path: Path) -> dict[str, dict[str, bytes]]:
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path, "r:*") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, _, suffix = info.name.partition(".")
-            samples.setdefault(key, {})[suffix] = tar.extractfile(info).read()
-    return samples
+def _read_tar(tar_path: Path, expected: list[str], modality: str) -> tuple[list[str], list[str], list[dict]]:
+    """(problems, keys, json records) of a tar's samples in tar order, checked one at a time as they
+    stream by. Raises what reading the tar raises (READ_ERRORS, OSError)."""
+    where = str(tar_path)
+    problems: list[str] = []
+    keys: list[str] = []
+    metas: list[dict] = []
+    unkeyed: list[str] = []
+    seen: set[str] = set()
+    for sample in stream_samples(tar_path, lcase=False, unkeyed=unkeyed):
+        if sample.key in seen:
+            problems.append(f"{where}: sample {sample.key}: key seen before, after other samples (readers see two samples)")
+        problems += [f"{where}: sample {sample.key}: {why}" for why in sample.refused.values()]
+        problems += _check_sample(where, sample, expected, modality)
+        keys.append(sample.key)
+        seen.add(sample.key)
+        metas.append(_meta(sample.members))
+    problems += [f"{where}: member {name!r} has no key (no dot in its file name); readers skip it" for name in unkeyed]
+    return problems, keys, metas
 
 
 def _meta(members: dict[str, bytes]) -> dict:
@@ -111,12 +122,14 @@ def _meta(members: dict[str, bytes]) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def _check_sample(where: str, key: str, members: dict[str, bytes], expected: list[str], modality: str) -> list[str]:
+def _check_sample(where: str, sample: Sample[bytes], expected: list[str], modality: str) -> list[str]:
+    key, members = sample.key, sample.members
     bad = []
     if not _KEY.match(key):
         bad.append(f"{where}: key {key!r} is not {ID_HEX} lowercase hex")
-    if sorted(members) != sorted(expected):
-        bad.append(f"{where}: sample {key}: members {sorted(members)}, expected {sorted(expected)}")
+    present = sorted([*members, *sample.refused])  # a refused member is there, only too large to read
+    if present != sorted(expected):
+        bad.append(f"{where}: sample {key}: members {present}, expected {sorted(expected)}")
     try:
         meta = json.loads(members.get("json", b""))
     except ValueError as err:
@@ -273,19 +286,16 @@ def _check_folder(folder: Path, modality: str) -> tuple[list[str], dict[str, Cou
             problems.append(f"{tar_path}: missing")
             complete, side_counts = False, None
             continue
-        if hashlib.sha256(tar_path.read_bytes()).hexdigest() != shard.get("sha256"):
+        if file_sha256(tar_path) != shard.get("sha256"):
             problems.append(f"{tar_path}: sha256 differs from {MANIFEST_NAME}")
         try:
-            samples = _samples(tar_path)
-        except (tarfile.TarError, OSError, EOFError) as err:
+            found, keys, metas = _read_tar(tar_path, expected, modality)
+        except (*READ_ERRORS, OSError) as err:
             problems.append(f"{tar_path}: unreadable tar ({err})")
             complete, side_counts = False, None
             continue
-        metas = []
-        for key, members in samples.items():
-            problems += _check_sample(str(tar_path), key, members, expected, modality)
-            meta = _meta(members)
-            metas.append(meta)
+        problems += found
+        for meta in metas:
             for field, (_, from_json) in COUNTED.items():
                 value = _count_key(from_json(meta))
                 if value is not None:
@@ -297,21 +307,21 @@ def _check_folder(folder: Path, modality: str) -> tuple[list[str], dict[str, Cou
                 value = _count_key((cat, rec.get("generator") if isinstance(rec, dict) else None))
                 if value is not None:
                     held[SEEN][value] += 1
-        total += len(samples)
-        if len(samples) != shard.get("samples"):
-            problems.append(f"{tar_path}: {len(samples)} samples, {MANIFEST_NAME} says {shard.get('samples')}")
+        total += len(keys)
+        if len(keys) != shard.get("samples"):
+            problems.append(f"{tar_path}: {len(keys)} samples, {MANIFEST_NAME} says {shard.get('samples')}")
         if side_path is None or not side_path.is_file():
             problems.append(f"{side_path or tar_path}: sidecar missing")
             side_counts = None
             continue
-        if hashlib.sha256(side_path.read_bytes()).hexdigest() != shard.get("sidecar_sha256"):
+        if file_sha256(side_path) != shard.get("sidecar_sha256"):
             problems.append(f"{side_path}: sha256 differs from {MANIFEST_NAME}")
         side, why = _read_sidecar(side_path)
         if side is None:
             problems.append(f"{side_path}: unreadable sidecar ({why})")
             side_counts = None
             continue
-        if side["pair_id"] != list(samples):
+        if side["pair_id"] != keys:
             problems.append(f"{side_path}: pair_ids differ from {tar_path.name}'s keys")
         else:
             problems += _check_sidecar_rows(side_path, tar_path.name, side, metas)

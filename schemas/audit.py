@@ -24,7 +24,8 @@ from schemas.tables import REWARD_MODEL_NAMES
 #: Row status of a scored pair; every other status is a skip reason.
 SCORED = "scored"
 #: Skip reasons, in the order the checks run on a row.
-SKIP_REASONS: tuple[str, ...] = ("missing_field", "bad_label", "tie_label", "image_too_large", "corrupt_image")
+# "failed": a reward model raised on this pair alone (docs/architecture.md, "Errors")
+SKIP_REASONS: tuple[str, ...] = ("missing_field", "bad_label", "tie_label", "image_too_large", "corrupt_image", "failed")
 
 
 class AuditConfig(Strict):

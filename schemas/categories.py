@@ -1,4 +1,4 @@
-"""The eight preference categories: one fixed name each, used everywhere (DESIGN.md)."""
+"""The eight preference categories: one fixed name each, used everywhere (docs/prompts.md lists them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""Deterministic row identities (DESIGN.md, "Identifiers").
+"""Deterministic row identities (docs/dataset_format.md, "Identifiers").
 
 Every id is the first 16 hex digits of a sha256 over its parts joined by the unit separator, so ids
 never contain a dot (WebDataset splits member names at the first dot) and resume can work by identity.

@@ -1,4 +1,4 @@
-"""The shard contract (DESIGN.md, "Shard format"), used by the writer and by `verify`."""
+"""The shard contract (docs/dataset_format.md), used by the writer, by `verify` and by the readers."""
 from __future__ import annotations
 
 from schemas.categories import Modality

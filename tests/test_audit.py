@@ -19,7 +19,8 @@ from pipeline.audit.read import AuditInputError, discover
 from pipeline.audit.run import run_audit
 from pipeline.audit.sample import PLANTED, write_sample
 from pipeline.media import encode_image
-from schemas.audit import SKIP_REASONS, parse_audit_config
+from pipeline.catalogue import Table, read_slices
+from schemas.audit import SKIP_REASONS, audit_scores_schema, parse_audit_config
 
 ROWS = 24  # row groups of 16 -> units [0,8) [8,16) [16,24)
 
@@ -45,7 +46,7 @@ def test_counts_are_exact(audited):
     _, result = audited
     s = result.summary
     expected = {r: sum(v == r for v in PLANTED.values()) for r in SKIP_REASONS}
-    assert expected == {"missing_field": 2, "bad_label": 1, "tie_label": 2, "image_too_large": 1, "corrupt_image": 2}
+    assert expected == {"missing_field": 2, "bad_label": 1, "tie_label": 2, "image_too_large": 1, "corrupt_image": 2, "failed": 0}
     assert s["skipped"] == expected
     assert (s["pairs_read"], s["pairs_scored"], s["pairs_skipped"]) == (ROWS, ROWS - 8, 8)
     assert result.units_run == 3
@@ -128,10 +129,12 @@ def test_killed_audit_resumes_to_the_same_summary(audited, vipo_cache, tmp_path)
     data, full = audited
     out = tmp_path / "out"
     shutil.copytree(full.out_dir / "scores", out / "scores")
-    parts = sorted((out / "scores").rglob("part-*.parquet"))
-    assert len(parts) == 3  # one part file per unit, each landed whole by atomic rename
-    for p in parts[1:]:  # killed after its first unit had landed
-        p.unlink()
+    (folder,) = (out / "scores").iterdir()
+    table = Table(str(folder), audit_scores_schema(_cfg(vipo_cache).scorer_names))
+    recs = table.records()
+    assert len(recs) == 3  # one record per unit, compacted into parts
+    first = min(recs.values(), key=lambda r: min(read_slices([r.slice], ["row"])["row"].to_pylist()))
+    table.compact(keep={first.id})  # as if killed after its first unit had landed
     limited = run_audit(data, out, _cfg(vipo_cache), limit=8)  # --limit 8 is the first unit: nothing to score
     assert (limited.units_run, limited.summary["pairs_read"]) == (0, 8)
     again = run_audit(data, out, _cfg(vipo_cache))

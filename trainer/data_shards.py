@@ -1,22 +1,32 @@
-"""Pairs from our WebDataset shards (DESIGN.md, "Shard format"), read without generic decoders.
+"""Pairs from our WebDataset shards (docs/dataset_format.md), read without generic decoders.
 
-A shard is scanned through its tar headers only (`tarfile` seeks over member data), grouped into
-samples by webdataset's own key rule (`group_by_keys`, `base_plus_ext`), so skipping samples on
+A shard is scanned through its tar headers only (`pipeline.formats.shards.index_samples`: tarfile
+seeks over member data), grouped into samples by webdataset's own key rule, so skipping samples on
 resume or for another rank costs a header read each. Of a sample we read the `json` member to
-filter by modality and category, and the two media members only when the pair leaves the shuffle
-buffer. webdataset's `.decode()` is not used: it would unpickle `.pyd` / `.pickle` members of an
-untrusted shard. Images are size-checked from their header before decoding
-(`pipeline.media.decode_image`), videos from their container header (`probe_video`).
+filter by modality and category, and the two media members, by offset, only when the pair leaves
+the shuffle buffer. webdataset's `.decode()` is not used: it would unpickle `.pyd` / `.pickle`
+members of an untrusted shard. Members are size-checked from their header before reading, images
+from their header before decoding (`pipeline.media.decode_image`), videos from their container
+header (`probe_video`).
 """
 from __future__ import annotations
 
 import json
-import tarfile
 from collections.abc import Callable, Iterator
+from typing import IO
 
 import numpy as np
-from webdataset.tariterators import base_plus_ext, group_by_keys
 
+from pipeline.formats.shards import (
+    MAX_MEMBER_BYTES,
+    READ_ERRORS,
+    Member,
+    Sample,
+    ShardError,
+    ShardReadError,
+    index_samples,
+    read_at,
+)
 from pipeline.media import decode_image, probe_video, read_video_frames
 from schemas.categories import CATEGORIES
 from schemas.shard import IMAGE_EXTENSIONS, VIDEO_EXTENSION
@@ -29,12 +39,13 @@ MAX_JSON_BYTES = 1 << 20  # a sample's json is a few KB; more is not ours
 def _first_modality(path: str) -> str | None:
     """Modality in the json of a shard's first sample; None when that cannot be told (reported later)."""
     try:
-        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tf:
-            for info in iter(tf.next, None):
-                if info.isfile() and base_plus_ext(info.name)[1] == "json" and info.size <= MAX_JSON_BYTES:
-                    meta = json.loads(tf.extractfile(info).read())
+        with open(path, "rb") as f:
+            for sample in index_samples(f):
+                member = sample.members.get("json")
+                if member is not None and member.size <= MAX_JSON_BYTES:
+                    meta = json.loads(read_at(f, member.offset, member.size))
                     return meta.get("modality") if isinstance(meta, dict) else None
-    except (tarfile.TarError, OSError, ValueError):
+    except (*READ_ERRORS, OSError, ValueError):
         return None
     return None
 
@@ -45,50 +56,43 @@ class ShardSource:
     def __init__(self, files: list[str], cfg: TrainDataConfig):
         self.cfg = cfg
         self.exts = (VIDEO_EXTENSION,) if cfg.modality == "video" else IMAGE_EXTENSIONS
-        # A shard folder holds one modality (DESIGN.md); dropping the other's shards up front keeps a
-        # reader from being dealt only shards it would skip entirely (paths: [build/shards]).
+        # A shard folder holds one modality (docs/dataset_format.md); dropping the other's shards up front
+        # keeps a reader from being dealt only shards it would skip entirely (paths: [build/shards]).
         self.files = [f for f in files if _first_modality(f) in (cfg.modality, None)]
         if not self.files:
             raise FileNotFoundError(f"data.paths: none of the {len(files)} shards holds {cfg.modality} pairs")
-
-    def _members(self, path: str, tf: tarfile.TarFile, bad: list[str]) -> Iterator[dict]:
-        last = "the start"
-        try:
-            for info in iter(tf.next, None):
-                if info.isfile():
-                    yield {"fname": info.name, "data": (info.offset_data, info.size), "__url__": path}
-                last = info.name
-        except (tarfile.TarError, OSError) as err:
-            bad.append(f"{path}: unreadable after {last}: {err}")
 
     def scan(self, file: int, start: int, keep: Callable[[int], bool]) -> Iterator[tuple[int, Record | Skipped | None]]:
         path = self.files[file]
         bad: list[str] = []
         try:
-            with open(path, "rb") as headers, open(path, "rb") as data, tarfile.open(fileobj=headers, mode="r:") as tf:
-                for index, sample in enumerate(group_by_keys(self._members(path, tf, bad), keys=base_plus_ext)):
+            with open(path, "rb") as headers, open(path, "rb") as data:
+                for index, sample in enumerate(index_samples(headers)):
                     if index < start:
                         continue
                     yield index, (self._record(file, index, sample, data) if keep(index) else None)
-        except (tarfile.TarError, ValueError, OSError) as err:  # not a tar, or a duplicate member name
+        except ShardReadError as err:  # broke off mid-way: the samples before were yielded
+            bad.append(f"{path}: {err}")
+        except (*READ_ERRORS, OSError) as err:  # not a tar, or a member name twice in a sample
             bad.append(f"{path}: unreadable: {err}")
         if bad:
             yield -1, Skipped("bad_files", bad[0] + " (rest of the shard skipped)")
 
-    def _record(self, file: int, index: int, sample: dict, data) -> Record | Skipped:
-        path, key = self.files[file], sample["__key__"]
+    def _record(self, file: int, index: int, sample: Sample[Member], data: IO[bytes]) -> Record | Skipped:
+        path, key, members = self.files[file], sample.key, sample.members
 
         def bad(msg: str) -> Skipped:
             return Skipped("malformed", f"{path}: {key}: skipped, {msg}")
 
-        if "json" not in sample:
+        if "json" not in members:
             return bad("no json member")
-        offset, size = sample["json"]
+        size = members["json"].size
         if size > MAX_JSON_BYTES:
             return bad(f"json member of {size} bytes (limit {MAX_JSON_BYTES})")
-        data.seek(offset)
         try:
-            meta = json.loads(data.read(size))
+            meta = json.loads(read_at(data, members["json"].offset, size))
+        except ShardError as err:
+            return bad(f"json {err}")
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             return bad(f"json member does not parse: {err}")
         if not isinstance(meta, dict):
@@ -102,10 +106,14 @@ class ShardSource:
             return bad(f"json has category {category!r} and prompt of type {type(prompt).__name__}")
         media = []
         for side in ("win", "lose"):
-            found = [e for e in self.exts if f"{side}.{e}" in sample]
+            found = [e for e in self.exts if f"{side}.{e}" in members]
             if not found:
-                return bad(f"no {side}.{'/'.join(self.exts)} member (has {sorted(k for k in sample if not k.startswith('__'))})")
-            media.append([found[0], *sample[f"{side}.{found[0]}"]])
+                return bad(f"no {side}.{'/'.join(self.exts)} member (has {sorted(members)})")
+            member = members[f"{side}.{found[0]}"]
+            why = member.over(MAX_MEMBER_BYTES)
+            if why:
+                return bad(why)
+            media.append([found[0], member.offset, member.size])
         pair_id = meta.get("pair_id", key)
         return Record(file, index, str(pair_id), category, prompt, media)
 
@@ -119,15 +127,15 @@ class ShardSource:
         out = []
         with open(self.files[record.file], "rb") as f:
             for side, (ext, offset, size) in zip(("winner", "loser"), record.media):
-                f.seek(offset)
-                blob = f.read(size)
-                if len(blob) != size:
-                    raise ValueError(f"{side} member is truncated ({len(blob)} of {size} bytes)")
+                try:
+                    blob = read_at(f, offset, size)
+                except ShardError as err:
+                    raise ValueError(f"{side} {err}") from None
                 try:
                     out.append(self._decode(blob, ext))
                 except ValueError as err:
                     raise ValueError(f"{side} {ext}: {err}") from None
-                except Exception as err:  # noqa: BLE001 - PIL / PyAV raise many types for corrupt data
+                except Exception as err:  # PIL / PyAV raise many types for corrupt data
                     raise ValueError(f"{side} {ext} does not decode: {type(err).__name__}: {err}") from None
         return out[0], out[1]
 

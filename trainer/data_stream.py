@@ -2,8 +2,9 @@
 shuffle buffer, joint augmentation, and a position that can be saved and restored exactly.
 
 A source (`data_shards.ShardSource`, `data_pickapic.PickapicSource`) knows how to list a file's
-samples cheaply (headers / labels only) and how to load a pair's pixels; everything that decides
-*which* pair comes next lives here, once, for both.
+samples cheaply (headers / labels only) and how to load a pair's pixels; both read their files
+through `pipeline.formats`, as `verify` and the audit do. Everything that decides *which* pair comes
+next lives here, once, for both.
 
 Determinism: the file order of an epoch is a permutation seeded by (seed, epoch), identical on
 every rank; one numpy generator per reader drives category sampling and the shuffle buffer and is
@@ -38,7 +39,7 @@ class Record:
     key: str
     category: str
     prompt: str
-    media: list = field(default_factory=list)  # where the two media are: tar offsets or parquet columns
+    media: list = field(default_factory=list)  # where the two media are: [ext, tar offset, size] each, or parquet columns
     payload: Any = None
 
     def to_state(self) -> list:

@@ -1,4 +1,4 @@
-"""Poly-DPO losses for diffusion / flow models (the contract in DESIGN.md, "Poly-DPO (`trainer/`)").
+"""Poly-DPO losses for diffusion / flow models (the contract: docs/poly_dpo.md).
 
 Diffusion-DPO (Wallace et al., 2023) turns a preference pair into a logistic loss on how much more
 the policy improved the winner's denoising error than the loser's, relative to a frozen reference:

@@ -13,13 +13,15 @@ The driver only reads parquet footers (or the small text of a jsonl/csv): a unit
 of one file, and the actor reads that range itself, batch by batch, so no process ever holds more
 than one batch of image bytes. Unit ids are fingerprints of the file's content plus the row range,
 so a rerun plans the same units and skips the ones already scored.
+
+Files are read through `pipeline.formats` (parquet row groups in bounded batches, tars as a stream
+of samples by webdataset's key rule), the same code the trainer and `verify` read them with.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +30,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.pickapic import CAPTION, IMAGE_COLUMNS, MODEL_COLUMNS, REQUIRED_COLUMNS
+from pipeline.formats.parquet import RowGroup, iter_slice, open_parquet, row_groups
+from pipeline.formats.pickapic import comparison, missing_columns, read_columns
+from pipeline.formats.shards import MAX_MEMBER_BYTES, Sample, stream_samples
+from schemas.pickapic import CAPTION, REQUIRED_COLUMNS
 
 PAIR_FILE_TYPES = (".jsonl", ".csv")
 PAIR_UNIT_ROWS = 256  # rows per unit of a jsonl/csv when unit_rows is not set
-MAX_MEMBER_BYTES = 1 << 29  # a shard member larger than this is not read (the row becomes corrupt_image)
+# A shard member over MAX_MEMBER_BYTES (pipeline.formats.shards) is not read: its row becomes corrupt_image.
 _FOOTER_BYTES = 1 << 16
-# Buffered, non-pre-buffered reads: pyarrow still decodes a row group's column chunk whole, but
-# this cuts the peak of reading a 200 MB row group from ~690 MB to ~500 MB RSS (measured).
-_READ_OPTIONS = {"pre_buffer": False, "buffer_size": 8 << 20}
 
 
 class AuditInputError(ValueError):
@@ -72,8 +74,7 @@ def _parquet_file(path: Path) -> pq.ParquetFile:
 
 
 def _check_pickapic(path: Path) -> None:
-    names = set(_parquet_file(path).schema_arrow.names)
-    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    missing = missing_columns(_parquet_file(path).schema_arrow.names)
     if missing:
         raise AuditInputError(f"{path}: missing column(s) {missing}; a Pick-a-Pic file needs {list(REQUIRED_COLUMNS)}")
 
@@ -176,38 +177,26 @@ def plan_units(sources: list[Source], unit_rows: int | None = None, limit: int |
                               "start": start, "stop": stop, "rows": rows})
                 left -= stop - start
             continue
-        meta = _parquet_file(Path(src.path)).metadata
-        offset = 0
-        for rg in range(meta.num_row_groups):
-            n = meta.row_group(rg).num_rows
+        for group in row_groups(_parquet_file(Path(src.path)).metadata):
+            n, offset = group.rows, group.first
             size = unit_rows or max(n, 1)
             for s in range(0, n, size):
                 e = int(min(s + size, n, s + left))
                 if e <= s:
                     break
                 units.append({"id": f"{src.key}:{offset + s}:{offset + e}", "kind": src.kind, "source": index,
-                              "key": src.key, "path": src.path, "tar": src.tar, "row_group": rg,
+                              "key": src.key, "path": src.path, "tar": src.tar, "row_group": group.index,
                               "start": offset + s, "stop": offset + e, "rg_offset": offset})
                 left -= e - s
-            offset += n
             if left <= 0:
                 break
     return units
 
 
 # -- reading one unit (on the actor) -----------------------------------------------------------------
-def _parquet_slice(path: str, row_group: int, rg_offset: int, start: int, stop: int, columns: list[str],
-                   batch_size: int) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """(first row index, batch) over rows [start, stop) of one row group, streamed."""
-    pf = pq.ParquetFile(path, **_READ_OPTIONS)
-    at = rg_offset
-    for batch in pf.iter_batches(batch_size=batch_size, row_groups=[row_group], columns=columns, use_threads=False):
-        lo, hi = max(start, at), min(stop, at + batch.num_rows)
-        if hi > lo:
-            yield lo, batch.slice(lo - at, hi - lo)
-        at += batch.num_rows
-        if at >= stop:
-            break
+def _unit_slice(unit: dict[str, Any], pf: pq.ParquetFile, columns: list[str], batch_size: int) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(first row index, batch) over the unit's rows of its row group, streamed."""
+    return iter_slice(pf, unit["row_group"], unit["rg_offset"], unit["start"], unit["stop"], columns, batch_size)
 
 
 def _read_optional(path: str) -> bytes | None:
@@ -233,15 +222,11 @@ def iter_unit(unit: dict[str, Any], batch_size: int) -> Iterator[list[dict[str, 
             yield out
         return
     if kind == "pickapic":
-        names = set(pq.ParquetFile(unit["path"]).schema_arrow.names)
-        cols = [*REQUIRED_COLUMNS, *(c for c in MODEL_COLUMNS if c in names)]
-        for first, batch in _parquet_slice(unit["path"], unit["row_group"], unit["rg_offset"], unit["start"],
-                                           unit["stop"], cols, batch_size):
-            d = batch.to_pydict()
-            yield [{"row": first + i, "caption": d[CAPTION][i], "img_0": d[IMAGE_COLUMNS[0]][i],
-                    "img_1": d[IMAGE_COLUMNS[1]][i], "label_0": d["label_0"][i],
-                    "model_0": d.get(MODEL_COLUMNS[0], [None] * batch.num_rows)[i],
-                    "model_1": d.get(MODEL_COLUMNS[1], [None] * batch.num_rows)[i]} for i in range(batch.num_rows)]
+        pf = open_parquet(unit["path"])
+        for first, batch in _unit_slice(unit, pf, read_columns(pf.schema_arrow.names), batch_size):
+            rows = (comparison(batch, i, first + i) for i in range(batch.num_rows))
+            yield [{"row": c.row, "caption": c.caption, "img_0": c.images[0], "img_1": c.images[1], "label_0": c.label_0,
+                    "model_0": c.models[0], "model_1": c.models[1]} for c in rows]
         return
     yield from _iter_shard_unit(unit, batch_size)
 
@@ -249,42 +234,32 @@ def iter_unit(unit: dict[str, Any], batch_size: int) -> Iterator[list[dict[str, 
 def _iter_shard_unit(unit: dict[str, Any], batch_size: int) -> Iterator[list[dict[str, Any]]]:
     """Rows of a shard slice: the sidecar gives ids, prompts and generators; the tar, read as a
     stream (a sample's members are contiguous), gives the media, a batch at a time."""
+    pf = open_parquet(unit["path"])
     cols = ["pair_id", "prompt"]
-    names = set(pq.ParquetFile(unit["path"]).schema_arrow.names)
-    cols += [c for c in ("winner_generator", "loser_generator") if c in names]
+    cols += [c for c in ("winner_generator", "loser_generator") if c in pf.schema_arrow.names]
     wanted: dict[str, dict[str, Any]] = {}
-    for first, batch in _parquet_slice(unit["path"], unit["row_group"], unit["rg_offset"], unit["start"],
-                                       unit["stop"], cols, 1 << 16):
+    for first, batch in _unit_slice(unit, pf, cols, 1 << 16):
         wanted.update((r["pair_id"], {"row": first + i, **r}) for i, r in enumerate(batch.to_pylist()))
 
-    def row(key: str, files: dict[str, bytes], error: str | None) -> dict[str, Any]:
-        r = wanted.pop(key)
+    def row(sample: Sample[bytes]) -> dict[str, Any]:
+        r, files = wanted.pop(sample.key), sample.members
         pick = lambda side: next((v for k, v in files.items() if k.startswith(f"{side}.")), None)
+        error = list(sample.refused.values())[-1] if sample.refused else None
         return {"row": r["row"], "caption": r["prompt"], "img_0": pick("win"), "img_1": pick("lose"), "label_0": 1.0,
                 "model_0": r.get("winner_generator"), "model_1": r.get("loser_generator"), "error": error,
                 "video": any(k.endswith(".mp4") for k in files)}
 
+    def media(key: str, suffix: str) -> bool:  # only the two media of a pair of this unit are read
+        return key in wanted and suffix.split(".")[0] in ("win", "lose")
+
     out: list[dict[str, Any]] = []
-    key, files, error = None, {}, None
-    with tarfile.open(unit["tar"], mode="r|") as tar:  # a stream: members are read as bytes, never extracted
-        for member in tar:
-            k, _, suffix = member.name.rpartition("/")[2].partition(".")
-            if k != key:
-                if key in wanted:
-                    out.append(row(key, files, error))
-                key, files, error = k, {}, None
-                if len(out) >= batch_size:
-                    yield out
-                    out = []
-            if k not in wanted or not member.isfile() or suffix.split(".")[0] not in ("win", "lose"):
-                continue
-            if member.size > MAX_MEMBER_BYTES:
-                error = f"{member.name} is {member.size} bytes, over the {MAX_MEMBER_BYTES}-byte limit"
-                continue
-            files[suffix] = tar.extractfile(member).read()
-    if key in wanted:
-        out.append(row(key, files, error))
-    out += [row(k, {}, None) for k in sorted(wanted, key=lambda k: wanted[k]["row"])]  # in the sidecar, not the tar
+    for sample in stream_samples(unit["tar"], media, max_member_bytes=MAX_MEMBER_BYTES):
+        if sample.key in wanted:
+            out.append(row(sample))
+        if len(out) >= batch_size:
+            yield out
+            out = []
+    out += [row(Sample(k)) for k in sorted(wanted, key=lambda k: wanted[k]["row"])]  # in the sidecar, not the tar
     for i in range(0, len(out), batch_size):
         yield out[i : i + batch_size]
 
@@ -297,22 +272,17 @@ def row_tables(src: Source, rows: list[int] | None = None, batch_rows: int = 256
     if src.kind == "pairs":
         yield 0, pa.Table.from_pylist(read_pair_file(src.path))
         return
-    pf = pq.ParquetFile(src.path, **_READ_OPTIONS)
+    pf = open_parquet(src.path)
     wanted = None if rows is None else sorted(rows)
-    offset, j = 0, 0
-    for rg in range(pf.metadata.num_row_groups):
-        n = pf.metadata.row_group(rg).num_rows
+    j = 0
+    for group in row_groups(pf.metadata):
         if wanted is not None:
-            while j < len(wanted) and wanted[j] < offset:
+            while j < len(wanted) and wanted[j] < group.first:
                 j += 1
-            if j >= len(wanted) or wanted[j] >= offset + n:
-                offset += n
+            if j >= len(wanted) or wanted[j] >= group.stop:
                 continue
-        at = offset
-        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], use_threads=False):
+        for at, batch in iter_slice(pf, group.index, group.first, group.first, group.stop, None, batch_rows):
             yield at, pa.Table.from_batches([batch])
-            at += batch.num_rows
-        offset += n
 
 
 def read_rows(src: Source, index: int, rows: list[int]) -> dict[int, dict[str, Any]]:
@@ -321,15 +291,12 @@ def read_rows(src: Source, index: int, rows: list[int]) -> dict[int, dict[str, A
         records, base = read_pair_file(src.path), Path(src.path).parent
         units = [{"kind": "pairs", "rows": [_pair_row(records[r], r, base)]} for r in rows]
     else:
-        meta = pq.ParquetFile(src.path).metadata
-        starts = [0]
-        for rg in range(meta.num_row_groups):
-            starts.append(starts[-1] + meta.row_group(rg).num_rows)
+        groups: list[RowGroup] = row_groups(pq.ParquetFile(src.path).metadata)
         units = []
         for r in rows:
-            rg = max(i for i in range(meta.num_row_groups) if starts[i] <= r)
-            units.append({"kind": src.kind, "path": src.path, "tar": src.tar, "row_group": rg,
-                          "rg_offset": starts[rg], "start": r, "stop": r + 1})
+            group = max((g for g in groups if g.first <= r), key=lambda g: g.index)
+            units.append({"kind": src.kind, "path": src.path, "tar": src.tar, "row_group": group.index,
+                          "rg_offset": group.first, "start": r, "stop": r + 1})
     out: dict[int, dict[str, Any]] = {}
     for unit in units:
         for batch in iter_unit({**unit, "source": index}, 1):

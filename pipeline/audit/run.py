@@ -2,8 +2,9 @@
 
     run_audit("pickapic_v2/", "audit-out/", load_audit_config(None))
 
-The score table lives in `DIR/scores/` as part files, one per finished unit, keyed by row id;
-a rerun (after a kill, or with a larger --limit) scores only the units not there yet.
+Scoring is a model stage on the build's executor (`pipeline/executor.py`): its table lives in
+`DIR/scores/<key>/` (the catalogue's unit files and compacted parts), so a rerun (after a kill, or
+with a larger --limit) scores only the units not there yet.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline import models
 from pipeline.audit.analyse import classify, summarise
@@ -22,10 +22,12 @@ from pipeline.audit.export import export_subsets
 from pipeline.audit.read import AuditInputError, Source, discover, plan_units, read_rows
 from pipeline.audit.report import render_report, thumbnail_uri
 from pipeline.audit.stage import READ_ERROR, AuditScoreStage
+from pipeline.catalogue import Table
+from pipeline.errors import ErrorPolicy
+from pipeline.executor import Executor
 from pipeline.ray_runtime import init_ray
 from pipeline.report import NullReporter, Reporter, StageSummary
-from pipeline.stage import run_stage
-from pipeline.store import PartStore, write_bytes
+from pipeline.store import write_bytes
 from schemas.audit import SCORED, AuditConfig, audit_scores_schema
 
 
@@ -47,13 +49,6 @@ def scores_folder(out: Path, cfg: AuditConfig) -> Path:
     key = json.dumps([[r.model_dump(mode="json") for r in cfg.reward_models], cfg.max_pixels, cfg.max_video_frames,
                       cfg.video_frames], sort_keys=True)
     return out / "scores" / hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-def _done_units(store: PartStore) -> set[str]:
-    done: set[str] = set()
-    for p in store.parts():
-        done.update(pq.read_table(p, columns=["unit_id"]).column(0).to_pylist())
-    return done
 
 
 def _rows_by_source(frame) -> dict[int, np.ndarray]:
@@ -86,47 +81,45 @@ def run_audit(data: str | Path, out: str | Path, cfg: AuditConfig, limit: int | 
     sources = discover(data)
     units = plan_units(sources, cfg.unit_rows, limit)
     scorers = cfg.scorer_names
-    schema = audit_scores_schema(scorers)
-    store = PartStore(scores_folder(out, cfg), schema, "row_id")
+    table = Table(str(scores_folder(out, cfg)), audit_scores_schema(scorers))
     result = AuditResult(out, {})
 
     t0 = time.perf_counter()
-    total = sum(u["stop"] - u["start"] for u in units)
-    reporter.start("score", total)
-    done = _done_units(store)
-    pending = [u for u in units if u["id"] not in done]
-    reporter.advance(total - sum(u["stop"] - u["start"] for u in pending))
-    if pending:
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else models.default_cache_dir()
+    stage = AuditScoreStage(
+        resources=cfg.resources,
+        models=[(r.name, models.reward_model_path(r.name, r.model, cache), r.dtype, dict(r.options)) for r in cfg.reward_models],
+        max_pixels=cfg.max_pixels,
+        max_video_frames=cfg.max_video_frames,
+        video_frames=cfg.video_frames,
+        read_units=units,
+        scores=table,
+    )
+    planned = stage.plan()
+    done = table.records()
+    if any(u.id not in done for u in planned):
         init_ray(cfg.ray)
-        cache = Path(cfg.cache_dir) if cfg.cache_dir else models.default_cache_dir()
-        stage = AuditScoreStage(
-            resources=cfg.resources,
-            models=[(r.name, models.reward_model_path(r.name, r.model, cache), r.dtype, dict(r.options)) for r in cfg.reward_models],
-            max_pixels=cfg.max_pixels,
-            max_video_frames=cfg.max_video_frames,
-            video_frames=cfg.video_frames,
-        )
-        try:
-            for table in run_stage(stage, [[u] for u in pending]):
-                store.append(table)
-                reporter.advance(table.num_rows)
-        except Exception as err:  # a file the actor cannot read: its one line, not Ray's traceback
-            line = next((ln for ln in str(err).splitlines() if READ_ERROR in ln), None)
-            if line is None:
-                raise
-            raise AuditInputError(line[line.index(READ_ERROR) + len(READ_ERROR):]) from None
-    result.units_run = len(pending)
+    import ray
 
-    wanted = {u["id"] for u in units}
-    table = store.read()
-    df = table.to_pandas()
-    df = df[df["unit_id"].isin(wanted)].reset_index(drop=True)
+    # Bad rows are data, not failures: they are counted by reason, never a reason to stop.
+    executor = Executor(reporter, ErrorPolicy(max_share=1.0), use_ray=ray.is_initialized())
+    try:
+        run = executor.run(stage)
+    except Exception as err:  # a file the actor cannot read: its one line, not Ray's traceback
+        line = next((ln for ln in str(err).splitlines() if READ_ERROR in ln), None)
+        if line is None:
+            raise
+        raise AuditInputError(line[line.index(READ_ERROR) + len(READ_ERROR):]) from None
+    result.units_run = run.units_run
+
+    records = table.records()
+    df = table.read(records=[records[u.id] for u in planned]).to_pandas()
     # a file's index in this run's list (a folder may have gained files since a unit was scored)
     df["source"] = df["row_id"].str.partition(":")[0].map({s.key: i for i, s in enumerate(sources)}).astype("int32")
     summary = summarise(df, scorers)
     score_summary = StageSummary("score", n_in=len(df), n_out=summary["pairs_scored"],
                                  dropped={k: v for k, v in summary["skipped"].items() if v},
-                                 seconds=time.perf_counter() - t0, note=f"{len(pending)} of {len(units)} unit(s) run")
+                                 seconds=time.perf_counter() - t0, note=f"{run.units_run} of {run.units} unit(s) run")
     reporter.finish(score_summary)
 
     t1 = time.perf_counter()

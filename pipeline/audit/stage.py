@@ -7,17 +7,20 @@ and the error text, so the audit can count and explain what it left out.
 from __future__ import annotations
 
 import math
-import tarfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.audit.read import iter_unit
+from pipeline.catalogue import Table
+from pipeline.errors import FAILED, ItemFailure, batch_then_each
+from pipeline.formats.shards import READ_ERRORS
 from pipeline.stage import ActorStage
 from schemas.audit import SCORED, audit_scores_schema
 from schemas.pickapic import preferred_index
+from schemas.units import Unit, make_unit
 
 #: Prefix of the message of a unit whose file cannot be read: the driver finds it inside Ray's error
 #: and reports that one line (the file is bad, not a row of it).
@@ -35,7 +38,7 @@ def _read_batches(unit: dict[str, Any], batch_size: int):
         for batch in iter_unit(unit, batch_size):
             seen += len(batch)
             yield batch
-    except (pa.ArrowException, OSError, tarfile.TarError, IndexError, ValueError) as err:
+    except (pa.ArrowException, OSError, *READ_ERRORS, IndexError, ValueError) as err:
         raise UnitReadError(f"{READ_ERROR}{where}: cannot read ({type(err).__name__}: {err})") from None
     if seen != unit["stop"] - unit["start"]:
         raise UnitReadError(f"{READ_ERROR}{where}: read {seen} rows; the file changed since the audit began")
@@ -122,13 +125,25 @@ def _text(value: Any) -> str | None:
 
 @dataclass
 class AuditScoreStage(ActorStage):
-    """All reward models on one actor; a unit is a row range of one input file."""
+    """All reward models on one actor; a unit is a row range of one input file (`pipeline.audit.read`
+    plans them from parquet footers, or from a pair file's text)."""
 
     models: list[tuple[str, str, str, dict]] = field(default_factory=list)  # (name, path or hub id, dtype, options)
     max_pixels: int = 64_000_000
     max_video_frames: int = 2000
     video_frames: int = 4
-    name = "audit"
+    read_units: list[dict[str, Any]] = field(default_factory=list)  # plan_units' descriptors
+    scores: Table | None = None
+
+    name: ClassVar[str] = "score"
+    verb: ClassVar[str] = "scored"
+    prune: ClassVar[bool] = False  # a --limit run must not drop the rows an earlier, larger run scored
+
+    def outputs(self) -> tuple[Table, ...]:
+        return (self.scores,)
+
+    def plan(self) -> list[Unit]:
+        return [make_unit("audit", (u["id"],), key=u["kind"], rows=u["stop"] - u["start"], unit=u) for u in self.read_units]
 
     def setup(self) -> None:
         from reward_models.registry import load_reward_models
@@ -139,9 +154,15 @@ class AuditScoreStage(ActorStage):
     def scorers(self) -> list[str]:
         return [m[0] for m in self.models]
 
-    def process(self, tasks: list[dict[str, Any]]) -> pa.Table:
+    def process(self, unit: Unit | list[dict[str, Any]]) -> pa.Table:
         schema = audit_scores_schema(self.scorers)
-        return pa.concat_tables([self._unit(t, schema) for t in tasks])
+        units = [unit.param("unit")] if isinstance(unit, Unit) else unit
+        out = pa.concat_tables([self._unit(u, schema) for u in units])
+        status = out["status"].to_pylist()
+        self.count(n_in=out.num_rows, n_out=status.count(SCORED))
+        for reason in sorted(set(status) - {SCORED}):
+            self.drop(reason, status.count(reason))
+        return out
 
     def _unit(self, unit: dict[str, Any], schema: pa.Schema) -> pa.Table:
         cols: dict[str, list] = {name: [] for name in schema.names}
@@ -169,22 +190,32 @@ class AuditScoreStage(ActorStage):
                 for side in (0, 1):
                     cols[f"{name}_{side}"].extend([None] * len(batch))
             for video, pairs in ok.items():
-                for name, (s0, s1) in self._score(pairs, video).items():
-                    for k, (at, _, _) in enumerate(pairs):
-                        cols[f"{name}_0"][at], cols[f"{name}_1"][at] = float(s0[k]), float(s1[k])
+                for name, results in self._score(pairs, video).items():
+                    for (at, _, _), r in zip(pairs, results):
+                        if isinstance(r, ItemFailure):  # a model failed on this pair alone: one row, its reason
+                            cols["status"][at], cols["detail"][at] = FAILED, f"{name}: {r.message}"
+                        else:
+                            cols[f"{name}_0"][at], cols[f"{name}_1"][at] = float(r[0]), float(r[1])
+            for at, status in enumerate(cols["status"]):
+                if status == FAILED:
+                    for name in self.scorers:
+                        cols[f"{name}_0"][at] = cols[f"{name}_1"][at] = None
         return pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in schema}, schema=schema)
 
-    def _score(self, pairs: list[tuple[int, list, str]], video: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per model: (scores of side 0, scores of side 1); both sides go through one call (videos
-        through `score_video`: the image reward averaged over the sampled frames)."""
+    def _score(self, pairs: list[tuple[int, list, str]], video: bool) -> dict[str, list]:
+        """Per model, per pair: (score of side 0, score of side 1), or the ItemFailure of a pair the
+        model fails on alone; both sides go through one call (videos through `score_video`: the image
+        reward averaged over the sampled frames), retried pair by pair if the batch raises."""
         if not pairs:
             return {}
-        n = len(pairs)
-        media = [p[1][0] for p in pairs] + [p[1][1] for p in pairs]
-        prompts = [p[2] for p in pairs] * 2
         out = {}
         for name, model in self.loaded.items():
             fn = model.score_video if video else model.score
-            s = np.asarray(fn(media, prompts), dtype=np.float32)
-            out[name] = (s[:n], s[n:])
+
+            def run(batch, fn=fn):
+                n = len(batch)
+                s = np.asarray(fn([p[1][0] for p in batch] + [p[1][1] for p in batch], [p[2] for p in batch] * 2), dtype=np.float32)
+                return list(zip(s[:n], s[n:]))
+
+            out[name] = batch_then_each(pairs, run, lambda p: str(p[0]))
         return out

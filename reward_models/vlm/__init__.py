@@ -1,4 +1,4 @@
-"""The pairwise VLM rater (DESIGN.md, "VLM rater"); see docs/vlm_rater.md."""
+"""The pairwise VLM rater (docs/vlm_rater.md)."""
 from reward_models.vlm.prompting import (
     LABELS,
     Judgement,
