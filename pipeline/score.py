@@ -16,7 +16,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from pipeline.catalogue import Table, UnitRecord, read_slices
-from pipeline.errors import CORRUPT_MEDIA, ItemFailure, batch_then_each
+from pipeline.errors import CORRUPT_MEDIA, ItemFailure
+from pipeline.scoring import score_items
 from pipeline.stage import ActorStage, StageInputError, TaskStage
 from schemas.categories import modality_of
 from schemas.tables import (
@@ -164,20 +165,15 @@ class ScoreStage(ActorStage):
         failure: list[ItemFailure | None] = [m if isinstance(m, ItemFailure) else None for m in media]
         cols: dict[str, list] = {}
         video = bool(tasks) and tasks[0]["modality"] == "video"
-        for name, model in self.loaded.items():
+        scored = score_items(self.loaded, [media[i][1] if video else media[i] for i in ok], [tasks[i]["prompt"] for i in ok],
+                             video=video, ids=[tasks[i]["id"] for i in ok])
+        for name, results in scored.items():
             vals: list = [None] * len(tasks)
-
-            def run(idx, model=model):
-                prompts = [tasks[i]["prompt"] for i in idx]
-                if video:
-                    return list(model.score_video([media[i][1] for i in idx], prompts))
-                return list(model.score([media[i] for i in idx], prompts))
-
-            for i, v in zip(ok, batch_then_each(ok, run, lambda i: tasks[i]["id"])):
+            for i, v in zip(ok, results):
                 if isinstance(v, ItemFailure):
                     failure[i] = failure[i] or v
                 else:
-                    vals[i] = float(v)
+                    vals[i] = v
             cols[name] = vals
         if video and self.video_metrics:
             metrics = [self._video_metrics(*media[i]) if failure[i] is None else {} for i in range(len(tasks))]

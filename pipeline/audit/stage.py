@@ -10,13 +10,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import pyarrow as pa
 
 from pipeline.audit.read import iter_unit
 from pipeline.catalogue import Table
-from pipeline.errors import FAILED, ItemFailure, batch_then_each
+from pipeline.errors import FAILED, ItemFailure
 from pipeline.formats.shards import READ_ERRORS
+from pipeline.scoring import score_items
 from pipeline.stage import ActorStage
 from schemas.audit import SCORED, audit_scores_schema
 from schemas.pickapic import preferred_index
@@ -203,19 +203,16 @@ class AuditScoreStage(ActorStage):
         return pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in schema}, schema=schema)
 
     def _score(self, pairs: list[tuple[int, list, str]], video: bool) -> dict[str, list]:
-        """Per model, per pair: (score of side 0, score of side 1), or the ItemFailure of a pair the
-        model fails on alone; both sides go through one call (videos through `score_video`: the image
-        reward averaged over the sampled frames), retried pair by pair if the batch raises."""
+        """Per model, per pair: (score of side 0, score of side 1), or the ItemFailure of a side the
+        model fails on alone. Both sides go through one call (`pipeline.scoring.score_items`, as the
+        build's score stage; videos through `score_video`: the image reward averaged over frames)."""
         if not pairs:
             return {}
+        n = len(pairs)
+        media = [p[1][0] for p in pairs] + [p[1][1] for p in pairs]
+        ids = [f"row {p[0]} side {side}" for side in (0, 1) for p in pairs]
         out = {}
-        for name, model in self.loaded.items():
-            fn = model.score_video if video else model.score
-
-            def run(batch, fn=fn):
-                n = len(batch)
-                s = np.asarray(fn([p[1][0] for p in batch] + [p[1][1] for p in batch], [p[2] for p in batch] * 2), dtype=np.float32)
-                return list(zip(s[:n], s[n:]))
-
-            out[name] = batch_then_each(pairs, run, lambda p: str(p[0]))
+        for name, s in score_items(self.loaded, media, [p[2] for p in pairs] * 2, video=video, ids=ids).items():
+            out[name] = [a if isinstance(a, ItemFailure) else b if isinstance(b, ItemFailure) else (a, b)
+                         for a, b in zip(s[:n], s[n:])]
         return out
