@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from pipeline.catalogue import Table, read_slices
 from pipeline.errors import ItemFailure, batch_then_each
-from pipeline.stage import ActorStage, StageInputError
+from pipeline.stage import ActorStage
 from schemas.config import GeneratorConfig, MediaConfig
 from schemas.ids import candidate_id, canonical_json, derive_seed
 from schemas.shard import media_extension
@@ -65,9 +65,7 @@ class GenerateStage(ActorStage):
         return (self.candidates,)
 
     def plan(self) -> list[Unit]:
-        recs = list(self.prompts.records().values()) if self.prompts is not None else []
-        if not recs:
-            raise StageInputError(f"stage 'generate' needs {self.prompts.folder}; run the 'prompts' stage first")
+        recs = list(self.need(self.prompts, "prompts").values())
         per_unit = self.resources.batch_size * self.resources.batches_per_unit
         g = self.gcfg
         units = []

@@ -57,9 +57,7 @@ class JudgeStage(ActorStage):
         return (self.judgements,)
 
     def plan(self) -> list[Unit]:
-        recs = self.pairs.records() if self.pairs is not None else {}
-        if not recs:
-            raise StageInputError(f"stage 'judge' needs {self.pairs.folder}; run the 'pair' stage first")
+        recs = self.need(self.pairs, "pair")
         c = self.cfg
         rater = (c.backend, self.model_path, c.dtype, c.image_size, c.video_frames)
         step = self.resources.batch_size * self.resources.batches_per_unit
@@ -92,11 +90,14 @@ class JudgeStage(ActorStage):
             ds.field("prompt_id") >= lo.as_py()) & (ds.field("prompt_id") <= hi.as_py()))
         where = dict(zip(media["candidate_id"].to_pylist(), media["media_path"].to_pylist()))
         text = dict(zip(prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist()))
-        return [
-            {"id": r["pair_id"], "prompt": text.get(r["prompt_id"], ""), "category": r["category"], "modality": r["modality"],
-             "winner_path": where.get(r["winner_id"]), "loser_path": where.get(r["loser_id"])}
-            for r in pairs.to_pylist()
-        ]
+        tasks = []
+        for r in pairs.to_pylist():
+            if r["prompt_id"] not in text:
+                raise StageInputError(f"prompt id {r['prompt_id']} of pair {r['pair_id']} is not in {self.prompts.folder}: "
+                                      "was the config's prompt set changed after pair? use a new output_dir")
+            tasks.append({"id": r["pair_id"], "prompt": text[r["prompt_id"]], "category": r["category"],
+                          "modality": r["modality"], "winner_path": where.get(r["winner_id"]), "loser_path": where.get(r["loser_id"])})
+        return tasks
 
     def _media(self, rel_path: str | None, modality: str) -> list:
         from PIL import Image

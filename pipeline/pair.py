@@ -23,7 +23,7 @@ import pyarrow.dataset as ds
 
 from pipeline.catalogue import Table
 from pipeline.phash import PHASH_FRAMES, hamming, hex_words, lookup_ids
-from pipeline.stage import StageInputError, TaskStage
+from pipeline.stage import TaskStage
 from schemas.ids import _SEP, ID_HEX, pair_id
 from schemas.tables import pairs_schema
 from schemas.units import Unit, make_unit
@@ -292,9 +292,7 @@ class PairStage(TaskStage):
         return (self.pairs,)
 
     def plan(self) -> list[Unit]:
-        recs = self.scores.records() if self.scores is not None else {}
-        if not recs:
-            raise StageInputError(f"stage 'pair' needs {self.scores.folder}; run the 'score' stage first")
+        recs = self.need(self.scores, "score")
         by_cat: dict[str, list] = {}
         for r in recs.values():
             by_cat.setdefault(r.cluster or "", []).append(r)

@@ -98,9 +98,7 @@ class ScoreStage(ActorStage):
         return (self.raw,)
 
     def plan(self) -> list[Unit]:
-        recs = self.candidates.records() if self.candidates is not None else {}
-        if not recs:
-            raise StageInputError(f"stage 'score' needs {self.candidates.folder}; run the 'generate' stage first")
+        recs = self.need(self.candidates, "generate")
         per_unit = self.resources.batch_size * self.resources.batches_per_unit
         spec = [(n, p, d, o) for n, p, d, o in self.models]
         return [

@@ -329,9 +329,7 @@ class SelectStage(TaskStage):
         return (self.selected, self.dropped)
 
     def plan(self) -> list[Unit]:
-        recs = self.pairs.records() if self.pairs is not None else {}
-        if not recs:
-            raise StageInputError(f"stage 'select' needs {self.pairs.folder}; run the 'pair' stage first")
+        recs = self.need(self.pairs, "pair")
         judged: dict[str, list[str]] = {}
         if self.judgements is not None:
             jrecs = self.judgements.records()

@@ -48,6 +48,14 @@ class Stage(abc.ABC):
     def plan(self) -> list[Unit]:
         """Every unit of the work (finished or not), from metadata only; raises StageInputError."""
 
+    def need(self, table: Table | None, maker: str) -> dict[str, UnitRecord]:
+        """The finished units of an input table; StageInputError when there are none."""
+        recs = table.records() if table is not None else {}
+        if not recs:
+            where = table.folder if table is not None else "its input table"
+            raise StageInputError(f"stage {self.name!r} needs {where}; run the {maker!r} stage first")
+        return recs
+
     # -- on the worker ------------------------------------------------------------------------------
     def setup(self) -> None:
         """Load models; runs on the worker, once, never on the driver."""

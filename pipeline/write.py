@@ -27,7 +27,7 @@ import pyarrow.dataset as ds
 
 from pipeline.catalogue import Table, UnitRecord
 from pipeline.records import _num
-from pipeline.stage import StageInputError, TaskStage
+from pipeline.stage import TaskStage
 from pipeline.store import write_atomic, write_bytes, write_table
 from schemas.ids import canonical_json
 from schemas.shard import (
@@ -87,10 +87,11 @@ def write_shard(media_root: str, folder: str, index: int, split: str, rows: pa.T
 
     media = MediaStore(media_root)
     name, side_name = shard_name(split, index), sidecar_name(split, index)
-    records = [(json.loads(w), json.loads(lo)) for w, lo in zip(rows["winner_record"].to_pylist(), rows["loser_record"].to_pylist())]
-    for i, (w, lo) in enumerate(records):
+    raw = list(zip(rows["winner_record"].to_pylist(), rows["loser_record"].to_pylist()))
+    for i, (w, lo) in enumerate(raw):
         if w is None or lo is None:
             raise ValueError(f"selected pair {rows['pair_id'][i].as_py()}: no winner/loser record (rerun the select stage)")
+    records = [(json.loads(w), json.loads(lo)) for w, lo in raw]
     samples = [_sample(r, w, lo, scorers) for r, (w, lo) in zip(rows.to_pylist(), records)]
     sink: dict[str, _Hashing] = {}
 
@@ -184,9 +185,7 @@ class ShardStage(TaskStage):
         return (self.shard_index,)
 
     def plan(self) -> list[Unit]:
-        recs = self.selected.records() if self.selected is not None else {}
-        if not recs:
-            raise StageInputError(f"stage 'write' needs {self.selected.folder}; run the 'select' stage first")
+        recs = self.need(self.selected, "select")
         if self.use_ray:
             import ray
 

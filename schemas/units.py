@@ -86,7 +86,8 @@ class UnitStats:
     examples: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
-    MAX_EXAMPLES = 3
+    MAX_EXAMPLES = 3  # kept per unit
+    MAX_STAGE_EXAMPLES = 10  # kept when a stage's units are added up
 
     def to_json(self) -> str:
         return canonical_json(asdict(self))
@@ -101,7 +102,7 @@ class UnitStats:
         for mine, theirs in ((self.dropped, other.dropped), (self.failed, other.failed)):
             for k, v in theirs.items():
                 mine[k] = mine.get(k, 0) + v
-        room = 10 - len(self.examples)
+        room = self.MAX_STAGE_EXAMPLES - len(self.examples)
         if room > 0:
             self.examples += other.examples[:room]
 

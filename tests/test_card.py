@@ -185,3 +185,22 @@ def test_write_card_lands_files_and_removes_stale_plots(card_inputs, tmp_path):
     assert readme == out / "card" / "README.md" and readme.read_text().startswith("---\n")
     assert sorted(p.name for p in (out / "card" / "plots").iterdir()) == [
         "image-agreement.png", "image-margins.png", "image-scores.png", "winner-generators.png"]
+
+
+def test_the_card_from_the_build_tables_is_the_card_of_their_rows(card_inputs, tmp_path):
+    """`write_card_from_tables` reads the catalogue's tables (only the columns the card uses): the same
+    README and plots as `write_card` on the rows themselves."""
+    from pipeline.card import write_card_from_tables
+    from pipeline.catalogue import Table
+    from schemas.units import UnitStats
+
+    cfg, manifests, selected, tables = card_inputs
+    handles = {}
+    for name, rows in {"selected": selected, **tables}.items():
+        handles[name] = Table(str(tmp_path / "build" / name), rows.schema)
+        handles[name].write_unit(f"{name}-0", rows, UnitStats(n_in=rows.num_rows))
+    from_tables = write_card_from_tables(tmp_path / "a", cfg, manifests, handles, SCORERS)
+    from_rows = write_card(tmp_path / "b", cfg, manifests, selected, **tables)
+    assert from_tables.read_text() == from_rows.read_text()
+    plots = lambda d: {p.name: p.read_bytes() for p in (d / "card" / "plots").iterdir()}
+    assert plots(tmp_path / "a") == plots(tmp_path / "b") and len(plots(tmp_path / "a")) == 4

@@ -17,6 +17,7 @@ S = ["s1", "s2", "s3"]
 
 def _raw(rows):
     cols = {k: [r[i] for r in rows] for i, k in enumerate(["candidate_id", "prompt_id", "category", "modality", *S])}
+    cols["reason"] = [None] * len(rows)  # every candidate scored
     return pa.table(cols, schema=raw_scores_schema(S))
 
 
@@ -105,8 +106,11 @@ def test_select_caps_quota_and_interleaves():
     assert (dropped.reason == OVER_QUOTA).sum() == (8 - 5) + (8 - 3)
     # the stronger (agree 3) pairs win the quota
     assert df[df.category == "composition"].agree.tolist() == [3, 3, 3]
-    img = df[df.modality == "image"].sort_values("order")
-    assert img.order.tolist() == list(range(8))
+    # the table is in sample order: by modality, then (sort_key, pair_id), with no ties in sort_key
+    assert df[["modality", "sort_key", "pair_id"]].equals(
+        df.sort_values(["modality", "sort_key", "pair_id"])[["modality", "sort_key", "pair_id"]].reset_index(drop=True))
+    img = df[df.modality == "image"].sort_values(["sort_key", "pair_id"])
+    assert len(img) == 8 and img.sort_key.is_unique and ((img.sort_key >= 0) & (img.sort_key < 1)).all()
     first4 = img.category.head(4).value_counts()
     assert set(first4.index) == {"aesthetics", "composition"}  # a prefix holds both categories
     again = select_pairs(pairs, prompts, cfg).selected
@@ -118,7 +122,7 @@ def test_combined_advantage_is_the_reward_models_mean():
     raw = pa.table(
         {"candidate_id": ["a", "b", "c"], "prompt_id": ["p", "p", "p"], "category": ["motion_quality"] * 3,
          "modality": ["video"] * 3, "pickscore": [1.0, 2.0, 3.0], "hpsv21": [0.3, 0.1, 0.2],
-         "temporal_flicker": [9.0, 0.0, 0.0]},
+         "temporal_flicker": [9.0, 0.0, 0.0], "reason": [None] * 3},
         schema=raw_scores_schema(names),
     )
     d = add_group_stats(raw, names).to_pandas().set_index("candidate_id")

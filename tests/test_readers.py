@@ -24,7 +24,7 @@ MODALITIES = ("image", "video")
 @pytest.fixture(scope="module")
 def build_dir(ray_session, vipo_cache, tmp_path_factory) -> Path:
     """A small real build, as `built` in test_build.py. The folder is shared with test_verify.py in the
-    same session: a second Build there finds all generation and scoring done and only rewrites shards."""
+    same session: a second Build there finds every unit done (shards included) and writes no shard again."""
     from pipeline.build import Build
     from schemas.config import parse_config
     from tests.conftest import small_config

@@ -1,5 +1,6 @@
 """Selection rules and balance: too-easy and near-duplicate pairs, the winner-generator cap, prompt
-spreading, winner position, the report of what could not be filled, and the Ray Data pairing path."""
+spreading, winner position, the report of what could not be filled, and the pair / select stages run locally
+and as Ray tasks."""
 import io
 
 import numpy as np
@@ -45,7 +46,7 @@ def _scored_set(n_prompts: int, group: int, seed: int = 0, gens: tuple[str, ...]
                 g = gens[k % len(gens)]
                 cid = candidate_id(pid, g, k, {})
                 quality = rng.normal() + (2.0 if g == "gen-a" else 0.0)
-                rows.append((cid, pid, c, "image", *(quality + rng.normal(scale=0.3, size=len(RM)))))
+                rows.append((cid, pid, c, "image", *(quality + rng.normal(scale=0.3, size=len(RM))), None))  # reason: scored
                 owners.append((cid, g, c))
                 hashes.append(f"{int(rng.integers(0, 2**63)):016x}")
     cols = list(zip(*rows))
@@ -107,16 +108,16 @@ def test_cap_never_starves_a_category_served_by_fewer_generators():
 
 
 def test_vlm_refusals_keep_their_reason_and_probability_ranks():
-    from pipeline.judge import JUDGE_KEEPS
-    from schemas.tables import JUDGEMENTS
+    from schemas.tables import JUDGE_KEEPS, JUDGEMENTS
 
     scores, cands, prompts = _scored_set(n_prompts=10, group=4)
     pairs = form_pairs(scores, RM, quorum=5)
     kept = pairs.filter(pairs["kept"])
     ids = kept["pair_id"].to_pylist()
     p = np.linspace(0.05, 0.95, len(ids))
-    judgements = pa.table({"pair_id": ids, "rater": ["vlm"] * len(ids), "p_winner": p, "p_winner_first": p,
-                           "p_winner_second": p, "position_consistency": [1.0] * len(ids)}, schema=JUDGEMENTS)
+    judgements = pa.table({"pair_id": ids, "category": kept["category"], "rater": ["vlm"] * len(ids), "p_winner": p,
+                           "p_winner_first": p, "p_winner_second": p, "position_consistency": [1.0] * len(ids),
+                           "reason": pa.nulls(len(ids), pa.string())}, schema=JUDGEMENTS)
     keeps = pa.table({"pair_id": ids, "kept": (p >= 0.5).tolist(),
                       "drop_reason": [None if x >= 0.5 else "vlm_disagrees" for x in p]}, schema=JUDGE_KEEPS)
     sel = select_pairs(pairs, prompts, _cfg(1000, None, per_prompt=6), judged=(judgements, keeps), candidates=cands)
@@ -164,7 +165,7 @@ def test_prompt_spread_before_second_pair_and_position_balance():
         with_pairs = kept[kept.category == cat].prompt_id.nunique()
         mine = df[df.category == cat]
         assert mine.prompt_id.nunique() == min(20, with_pairs)  # one pair per prompt before any second
-        pos = mine.sort_values("order").winner_position.to_numpy()
+        pos = mine.sort_values(["sort_key", "pair_id"]).winner_position.to_numpy()  # sample order
         assert abs((pos == 0).sum() - (pos == 1).sum()) <= 1
         prefix = np.cumsum(np.where(pos == 0, 1, -1))
         assert np.abs(prefix).max() <= 1  # balanced in every prefix of the category
@@ -177,7 +178,7 @@ def test_too_easy_and_near_duplicate_rules():
         return pa.table({f.name: cols[i] for i, f in enumerate(raw_scores_schema(RM))}, schema=raw_scores_schema(RM))
 
     # a group of 3 where the normalised gaps are known: scores 0, 1, 5 on every scorer
-    rows = [(c, "p", "aesthetics", "image", *[v] * 5) for c, v in (("a", 0.0), ("b", 1.0), ("c", 5.0))]
+    rows = [(c, "p", "aesthetics", "image", *[v] * 5, None) for c, v in (("a", 0.0), ("b", 1.0), ("c", 5.0))]
     scores = add_group_stats(raw(rows), RM)
     std = float(np.std([0.0, 1.0, 5.0]))
     by_pair = lambda t: {(r["winner_id"], r["loser_id"]): r for r in t.to_pylist()}
@@ -261,45 +262,71 @@ def test_phash_rejects_bad_shapes():
         phash_luma(np.zeros((2, 16, 16)))
 
 
-def test_build_pair_and_select_stages_on_both_engines(ray_session, tmp_path):
-    """The driver's pair/select stages from tables on disk: Ray Data and local pairing agree, the pHash
-    comes from the candidates table, and selection_report.json explains a capped category."""
+def _full(schema: pa.Schema, t: pa.Table) -> pa.Table:
+    """`t`'s columns, every other field of `schema` null."""
+    return pa.table({f.name: t[f.name] if f.name in t.column_names else pa.nulls(t.num_rows, f.type) for f in schema},
+                    schema=schema)
+
+
+def _write_by_category(table, rows: pa.Table, name: str) -> None:
+    """`rows` as finished units of `table`, one per category (a build's units never mix categories)."""
+    from schemas.units import UnitStats
+
+    for cat in sorted(set(rows["category"].to_pylist())):
+        mine = rows.filter(pa.compute.equal(rows["category"], cat))
+        table.write_unit(f"{name}-{cat}", mine, UnitStats(n_in=mine.num_rows, n_out=mine.num_rows))
+
+
+def test_build_pair_and_select_stages_on_both_engines(ray_session, tmp_path, monkeypatch):
+    """The build's pair/select stages from tables on disk: their units in this process and as Ray tasks give
+    identical pairs and selected tables, the pHash comes from the candidates table, and
+    selection_report.json explains a capped category."""
     import json
 
     from pipeline.build import Build
-    from pipeline.store import PartStore, write_table
+    from pipeline.executor import Executor
     from schemas.tables import CANDIDATES, PROMPTS
 
+    on_ray: list[str] = []
+    tasks = Executor._tasks
+
+    def spy(self, stage, units):  # which stages the executor ran as Ray tasks
+        on_ray.append(stage.name)
+        yield from tasks(self, stage, units)
+
+    monkeypatch.setattr(Executor, "_tasks", spy)
     scores, cands, prompts = _scored_set(n_prompts=8, group=4)
     hashes = cands["phash"].to_pylist()
     hashes[1::4] = hashes[0::4]  # the first two candidates of every group look the same
     hashes[0] = None  # and one candidate has no hash: never a duplicate
     cands = cands.set_column(3, "phash", pa.array(hashes))
-    out = {}
-    for engine in ("local", "ray"):
-        root = tmp_path / engine
-        write_table(scores, root / "scores" / "scores.parquet")
-        full = pa.table({f.name: cands[f.name] if f.name in cands.column_names else pa.nulls(cands.num_rows, f.type)
-                         for f in CANDIDATES}, schema=CANDIDATES)
-        PartStore(root / "candidates", CANDIDATES, "candidate_id").append(full)
-        n = prompts.num_rows
-        write_table(pa.table({"prompt_id": prompts["prompt_id"], "category": pa.nulls(n, pa.string()),
-                              "modality": pa.nulls(n, pa.string()), "prompt": prompts["prompt"],
-                              "source": pa.nulls(n, pa.string())}, schema=PROMPTS), root / "prompts" / "prompts.parquet")
+    category = dict(zip(scores["prompt_id"].to_pylist(), scores["category"].to_pylist()))
+    prompts = prompts.append_column("category", pa.array([category[p] for p in prompts["prompt_id"].to_pylist()]))
+    pairs, selected, ran = {}, {}, {}
+    for columnar in ("local", "ray"):
+        root = tmp_path / columnar
         data = {**SMALL, "output_dir": str(root), "categories": {c: {"quota": 5, "prompts": 1} for c in IMAGE_CATS},
                 "scoring": {"reward_models": [{"name": m} for m in RM]},
-                "pairing": {"quorum": 5, "min_margin": 0.1, "max_margin": 2.0, "engine": engine},
-                "selection": {"max_winner_generator_share": 0.4}}
+                "pairing": {"quorum": 5, "min_margin": 0.1, "max_margin": 2.0},
+                "selection": {"max_winner_generator_share": 0.4}, "ray": {"columnar": columnar}}
         data["generators"] = [g for g in SMALL["generators"] if g["name"] == "tiny-sd15"]
+        setup = Build(parse_config(data))
+        _write_by_category(setup.table("scores"), _full(setup.table("scores").schema, scores), "scores")  # + video metrics (null)
+        _write_by_category(setup.table("candidates"), _full(CANDIDATES, cands), "candidates")
+        _write_by_category(setup.table("prompts"), _full(PROMPTS, prompts), "prompts")
+        on_ray.clear()
         result = Build(parse_config(data)).run(["pair", "select"])
-        out[engine] = pq.read_table(root / "pairs" / "pairs.parquet")
+        ran[columnar] = list(on_ray)
+        pairs[columnar] = pq.read_table(root / "pairs")
+        selected[columnar] = pq.read_table(root / "selected")
         summary = {s.stage: s for s in result.summaries}
         report = json.loads((root / "selection_report.json").read_text())
-    assert out["ray"].equals(out["local"])
-    reasons = out["local"].to_pandas().drop_reason.value_counts().to_dict()
+    assert ran == {"local": [], "ray": ["pair", "select"]}  # the units really ran as Ray tasks the second time
+    assert pairs["local"].num_rows > 0 and pairs["ray"].equals(pairs["local"])
+    assert selected["local"].num_rows > 0 and selected["ray"].equals(selected["local"])
+    reasons = pairs["local"].to_pandas().drop_reason.value_counts().to_dict()
     assert reasons["near_duplicate"] > 0 and summary["pair"].dropped["near_duplicate"] == reasons["near_duplicate"]
     assert reasons["too_easy"] > 0
-    assert summary["pair"].note == "(Ray Data groupby)"
     for cat in IMAGE_CATS:
         entry = report[cat]
         assert entry["selected"] + entry["short"] == 5

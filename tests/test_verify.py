@@ -25,7 +25,7 @@ from tests.conftest import REPO
 @pytest.fixture(scope="module")
 def build_dir(ray_session, vipo_cache, tmp_path_factory) -> Path:
     """A small real build, as `built` in test_build.py; the folder is shared with test_readers.py in the
-    same session (a second Build there only rewrites the shards)."""
+    same session (a second Build there finds every unit done and rewrites no shard)."""
     from pipeline.build import Build
     from schemas.config import parse_config
     from tests.conftest import small_config

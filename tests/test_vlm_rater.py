@@ -21,8 +21,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.judge import DROP_DISAGREES, DROP_POSITION_INCONSISTENT, JUDGE_KEEPS, JudgeStage, judge_keeps, rater_model_path
+from pipeline.judge import JudgeStage, rater_model_path
 from pipeline.media import encode_image, encode_video
+from pipeline.select import DROP_DISAGREES, DROP_POSITION_INCONSISTENT, judge_keeps
 from pipeline.store import write_bytes
 from reward_models.vlm.openai_backend import OpenAIBackend, RaterRequestError
 from reward_models.vlm.prompting import chat_messages, images_of
@@ -39,7 +40,7 @@ from reward_models.vlm_rater import (
     two_label_probability,
 )
 from schemas.config import JudgeConfig, ResourceConfig
-from schemas.tables import JUDGEMENTS
+from schemas.tables import JUDGE_KEEPS, JUDGEMENTS
 
 ln = math.log
 
@@ -390,6 +391,7 @@ def test_judge_stage_process(tmp_path, tiny_folder):
         assert table.schema.equals(JUDGEMENTS)
         row = table.to_pylist()[0]
         assert row["pair_id"] == tasks[0]["id"] and row["rater"] == "transformers:tiny"
+        assert row["category"] == tasks[0]["category"] and row["reason"] is None  # judged: no failure reason
         p, first, second, c = row["p_winner"], row["p_winner_first"], row["p_winner_second"], row["position_consistency"]
         assert 0 <= p <= 1 and p == pytest.approx((first + second) / 2, abs=1e-6)
         assert c == pytest.approx(1 - abs(first - second), abs=1e-6)
@@ -399,13 +401,15 @@ def test_judge_stage_process(tmp_path, tiny_folder):
     img = lambda rel: decode_image((tmp_path / rel).read_bytes())
     [j] = stage.rater.rate([PairQuery("x", "a cat", "aesthetics", [img("media/image/aa/w.jpg")], [img("media/image/aa/l.jpg")])])
     assert stage.process(image_tasks).column("p_winner")[0].as_py() == pytest.approx(j.p_first, abs=1e-6)
+    assert stage.stats.failed == {} and stage.stats.n_in == stage.stats.n_out == 3  # three pairs, each judged
 
 
 def test_judge_keeps():
     table = pa.table(
-        {"pair_id": ["a", "b", "c", "d", "e"], "rater": ["r"] * 5,
-         "p_winner": [0.9, 0.55, 0.8, 0.6, None], "p_winner_first": [0.9, 0.5, 0.95, 0.6, None],
-         "p_winner_second": [0.9, 0.6, 0.65, 0.6, None], "position_consistency": [1.0, 0.9, 0.3, 0.5, None]},
+        {"pair_id": ["a", "b", "c", "d", "e", "f", "g"], "category": ["aesthetics"] * 7, "rater": ["r"] * 7,
+         "p_winner": [0.9, 0.55, 0.8, 0.6, None, None, 0.9], "p_winner_first": [0.9, 0.5, 0.95, 0.6, None, None, 0.9],
+         "p_winner_second": [0.9, 0.6, 0.65, 0.6, None, None, 0.9], "position_consistency": [1.0, 0.9, 0.3, 0.5, None, None, 1.0],
+         "reason": [None, None, None, None, None, "vlm_no_label", "corrupt_media"]},
         schema=JUDGEMENTS,
     )
     out = judge_keeps(table, JudgeConfig(min_probability=0.6, min_position_consistency=0.5))
@@ -415,6 +419,8 @@ def test_judge_keeps():
         {"pair_id": "b", "kept": False, "drop_reason": DROP_DISAGREES},
         {"pair_id": "c", "kept": False, "drop_reason": DROP_POSITION_INCONSISTENT},
         {"pair_id": "d", "kept": True, "drop_reason": None},  # thresholds are inclusive (float32 0.6 >= 0.6)
-        {"pair_id": "e", "kept": False, "drop_reason": DROP_DISAGREES},
+        {"pair_id": "e", "kept": False, "drop_reason": DROP_DISAGREES},  # no probability, no reason
+        {"pair_id": "f", "kept": False, "drop_reason": "vlm_no_label"},  # the rater gave no answer: its reason
+        {"pair_id": "g", "kept": False, "drop_reason": "corrupt_media"},  # a reason wins over any probability
     ]
     assert judge_keeps(table.slice(0, 0), JudgeConfig()).num_rows == 0
