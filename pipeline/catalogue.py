@@ -92,6 +92,14 @@ class Table:
         write_atomic(path, lambda f: pq.write_table(rows, f, compression="zstd", row_group_size=ROW_GROUP_ROWS))
         return UnitRecord(unit_id, rows.num_rows, meta["stats"], cluster, str(path))
 
+    def loose_record(self, unit_id: str) -> UnitRecord | None:
+        """The unit's own file, when it is there and not yet compacted (one footer read)."""
+        path = self._units / f"{unit_id}.parquet"
+        try:
+            return _loose_record(path)
+        except (FileNotFoundError, pa.ArrowInvalid):
+            return None
+
     # -- what is there --------------------------------------------------------------------------
     def records(self) -> dict[str, UnitRecord]:
         """Every finished unit, by id: manifests first, then loose unit files (footer reads only)."""
@@ -125,9 +133,7 @@ class Table:
                 if f.stem in out:
                     state["covered"].append(f)
                     continue
-                md = pq.read_metadata(f)
-                meta = json.loads((md.metadata or {}).get(_UNIT_META, b"{}"))
-                out[f.stem] = UnitRecord(f.stem, md.num_rows, meta.get("stats", ""), meta.get("cluster"), str(f))
+                out[f.stem] = _loose_record(f)
                 state["loose"].append(f)
         return out, state
 
@@ -232,6 +238,12 @@ class Table:
 
 
 @functools.lru_cache(maxsize=64)
+def _loose_record(path: Path) -> UnitRecord:
+    md = pq.read_metadata(path)
+    meta = json.loads((md.metadata or {}).get(_UNIT_META, b"{}"))
+    return UnitRecord(path.stem, md.num_rows, meta.get("stats", ""), meta.get("cluster"), str(path))
+
+
 def _parquet(path: str, mtime_ns: int) -> pq.ParquetFile:
     return pq.ParquetFile(path)
 

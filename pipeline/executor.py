@@ -24,8 +24,11 @@ MAX_BLOCKS = 10_000  # Ray Data blocks per actor stage (one unit each up to this
 class _Actor:
     """The Ray Data callable class wrapping a stage: constructed on the actor, so `setup` runs there.
 
-    The stage rides on a per-run subclass (see `_actor_class`) rather than in constructor arguments,
-    which Ray would park in the object store, where a restarted actor could lose them.
+    The stage rides on a per-run subclass (see `_actor_class`), pickled with the class, so
+    constructing an actor costs no argument transfer. Ray Data still keeps that class in the object
+    store (hence Ray's "constructor arguments in the object store" warning); the driver holds it for
+    the whole stage, so an actor restarted on another node after its node died finds it (the node-loss
+    tests in tests/test_multinode.py).
     """
 
     stage_template: Stage

@@ -118,11 +118,15 @@ def run_unit(stage: Stage, unit: Unit) -> dict:
     """Process one unit on a worker and write its outputs; returns its record (id, rows, stats).
 
     Secondary outputs are written first and the first output last: its file is the done marker, so a
-    unit killed half-way is simply run again.
+    unit killed half-way is simply run again, and one Ray retries after its result was lost (a node
+    died after the write) is not.
     """
+    outs = stage.outputs()
+    done = outs[0].loose_record(unit.id)
+    if done is not None:
+        return {"id": unit.id, "rows": done.rows, "stats": done.stats, "loose": True}
     stage._stats = UnitStats()
     result = stage.process(unit)
-    outs = stage.outputs()
     tables = result if isinstance(result, dict) else {outs[0].name: result}
     for table in outs[1:]:
         table.write_unit(unit.id, tables.get(table.name, table.schema.empty_table()), UnitStats())
