@@ -237,13 +237,13 @@ class Table:
                      lambda f: pq.write_table(rows, f, compression="zstd", row_group_size=ROW_GROUP_ROWS))
 
 
-@functools.lru_cache(maxsize=64)
 def _loose_record(path: Path) -> UnitRecord:
     md = pq.read_metadata(path)
     meta = json.loads((md.metadata or {}).get(_UNIT_META, b"{}"))
     return UnitRecord(path.stem, md.num_rows, meta.get("stats", ""), meta.get("cluster"), str(path))
 
 
+@functools.lru_cache(maxsize=64)
 def _parquet(path: str, mtime_ns: int) -> pq.ParquetFile:
     return pq.ParquetFile(path)
 

@@ -3,7 +3,7 @@
 For each stage: plan the units, skip those with a done marker (O(units) metadata reads), run the rest
 (an actor pool for model stages, tasks for columnar ones), check the failure share as units finish,
 compact the output tables, then `finalize`. The driver only ever holds unit descriptors and their
-small records; rows are read and written by the workers. docs/architecture.md, "The executor".
+small records; rows are read and written by the workers. docs/architecture.md, "Stages" and "Tables and resume".
 """
 from __future__ import annotations
 
@@ -18,7 +18,11 @@ from pipeline.report import NullReporter, Reporter, StageSummary
 from pipeline.stage import Stage, run_unit
 from schemas.units import Unit, UnitStats
 
-MAX_BLOCKS = 10_000  # Ray Data blocks per actor stage (one unit each up to this many units)
+# Ray Data blocks per actor stage: one unit each up to this many units, then several units a block.
+# Ray Data's scheduling loop on the driver walks its block queues at every step for as long as the
+# stage runs, so its cost per unit grows with the blocks in flight (benchmarks/actor_dispatch.py);
+# a block of several units is still retried unit by unit (a unit already written is skipped).
+MAX_BLOCKS = 200
 
 
 class _Actor:
@@ -146,7 +150,8 @@ class Executor:
         res = stage.resources
         check_resources(stage.name, res.num_gpus, res.num_cpus)
         items = [{"unit": u.to_json()} for u in units]
-        ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS)).map_batches(
+        blocks = min(len(items), max(MAX_BLOCKS, 8 * res.num_actors))  # enough blocks to balance a large pool
+        ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             _actor_class(stage),
             batch_size=1,
             batch_format="numpy",

@@ -175,3 +175,19 @@ def test_executor_on_ray_tasks_writes_the_same_table(ray_session, tmp_path):
     Executor(use_ray=True).run(Squares(out=remote, engine="ray"))
     assert local.read().sort_by("id").equals(remote.read().sort_by("id"))
     assert os.listdir(tmp_path / "remote" / "_units") == []
+
+
+def test_a_unit_retried_after_its_file_landed_is_not_processed_again(tmp_path):
+    """Ray retries a task whose result was lost (its node died after the write): run_unit returns the
+    unit's record from its file; once the file is gone (a cleared table), the unit runs again."""
+    from pipeline.stage import run_unit
+
+    stage = Squares(out=Table(str(tmp_path / "sq"), SCHEMA, cluster_by="category"))
+    unit = stage.plan()[2]
+    first = run_unit(stage, unit)
+    calls = []
+    stage.process = lambda u: calls.append(u.id) or pytest.fail("processed again")
+    assert run_unit(stage, unit) == first and calls == []
+    stage.out.clear()
+    del stage.process
+    assert run_unit(stage, unit) == first and stage.out.loose_record(unit.id) is not None
