@@ -146,35 +146,12 @@ def _split(counts: dict[str, int]) -> tuple[int, int]:
     return sum(counts.values()) - media, media
 
 
-class ProgressReporter:
-    """The build's Reporter: a progress line on stderr every `every` s (long runs can be followed in a log)."""
-
-    def __init__(self, every: float = 30.0):
-        self.every, self.stage, self.total, self.done, self.t0, self.last = every, "", 0, 0, 0.0, 0.0
-
-    def start(self, stage: str, total: int) -> None:
-        self.stage, self.total, self.done = stage, total, 0
-        self.t0 = self.last = time.perf_counter()
-
-    def advance(self, n: int = 1) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self.last >= self.every:
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            print(f"  [{time.strftime('%H:%M:%S')}] {self.stage}: {self.done:,}/{self.total:,} rows, "
-                  f"{rate:,.0f}/s, ~{eta:,.0f} s to go", file=sys.stderr, flush=True)
-
-    def finish(self, summary) -> None:
-        print(f"  [{time.strftime('%H:%M:%S')}] {summary.line()}", file=sys.stderr, flush=True)
-
-
 def run_one(size: int, work: Path, rerun: bool, json_out: Path | None) -> dict:
     """One build (or its no-op rerun) of `size` candidates in this process, measured stage by stage."""
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     import psutil
 
+    from benchmarks.reporters import ProgressReporter
     from benchmarks.synthetic import SyntheticBuild, synthetic_config
     from schemas.config import parse_config
 

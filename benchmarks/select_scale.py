@@ -6,8 +6,10 @@
    the paper's rule (all five agree, min margin 0.1), 3% near-duplicate candidates. Each size runs in its
    own process so its peak RSS is its own. Prints both times and their ratio (linear growth: ~10), CPU
    time beside wall time: on a shared machine the wall clock also measures the neighbours.
-2. `pipeline.write.write_shards` (Ray tasks, reproducible tars, sidecars, manifest) against plain `tarfile`
-   writing the same members to the same number of tars, on small jpgs. Prints MB/s of both and the ratio.
+2. The write stage (`pipeline.write.ShardStage`, run by `Executor(use_ray=False)` on a selected table:
+   shard planning, reproducible tars, sidecars, the shard index table, the manifest) against plain
+   `tarfile` writing the same members to the same number of tars, on small jpgs. The winner / loser
+   records are made beforehand (the select stage attaches them). Prints MB/s of both and the ratio.
 
     python benchmarks/select_scale.py                       # 1M and 10M rows, 2,000 pairs of shards
     python benchmarks/select_scale.py --rows 100000 1000000 --pairs 500
@@ -137,12 +139,16 @@ def run_select(n_rows: int) -> dict:
 
 
 def run_shards(n_pairs: int, per_shard: int = 200) -> dict:
-    """write_shards vs plain tarfile, same members, same shard count."""
-    import ray
-
+    """The write stage (`ShardStage` run by `Executor(use_ray=False)` on a selected table) vs plain
+    tarfile: same members, same shard count. The winner / loser records are made beforehand (the select
+    stage attaches them in the build), so both sides only read media and write tars."""
+    from pipeline.catalogue import Catalogue
+    from pipeline.executor import Executor
     from pipeline.media import encode_image
-    from pipeline.write import write_shards
-    from schemas.tables import pairs_schema, selected_schema
+    from pipeline.records import record_table
+    from pipeline.write import ShardStage
+    from schemas.tables import SHARD_INDEX, pairs_schema, selected_schema
+    from schemas.units import UnitStats
 
     work = Path(tempfile.mkdtemp(prefix="vipo-shards-"))
     media = work / "media"
@@ -167,24 +173,35 @@ def run_shards(n_pairs: int, per_shard: int = 200) -> dict:
         v = rng.normal(size=len(ids)).astype(np.float32)
         sc.update({s: v, f"{s}_group_mean": v * 0, f"{s}_group_std": v * 0 + 1, f"{s}_advantage": v})
     sc["combined_advantage"] = np.mean([sc[f"{s}_advantage"] for s in scorers], axis=0)
+    sc["reason"] = pa.nulls(len(ids), pa.string())
     scores = pa.table(sc).cast(scores_schema(scorers))
+    records = record_table(cands, scores, scorers, pa.array(ids, pa.string()))
+    record = dict(zip(records["candidate_id"].to_pylist(), records["record"].to_pylist()))
     rows = [dict(pair_id=f"{i:016x}", prompt_id=f"p{i}", category="aesthetics", modality="image", winner_id=ids[2 * i],
                  loser_id=ids[2 * i + 1], **{f"margin_{s}": 1.0 for s in scorers}, agree=5, n_scorers=5, kept=True,
-                 drop_reason=None, prompt="a prompt", p_vlm=None, split="train", order=i, winner_position=i % 2)
+                 drop_reason=None, prompt="a prompt", p_vlm=None, split="train", sort_key=float(i), winner_position=i % 2,
+                 winner_record=record[ids[2 * i]], loser_record=record[ids[2 * i + 1]])
             for i in range(n_pairs)]
     assert set(pairs_schema(scorers).names) <= set(rows[0])
     selected = pa.Table.from_pylist(rows, schema=selected_schema(scorers))
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        kwargs = {"media_root": str(media), "scorers": scorers, "score_cols": scorers, "image_format": "jpg",
-                      "samples_per_shard": per_shard, "name": "bench"}
-        write_shards(selected.slice(0, per_shard), cands, scores, out_dir=str(work / "warm"), **kwargs)  # warm the workers
-        t0 = time.perf_counter()
-        manifests = write_shards(selected, cands, scores, out_dir=str(work / "wds"), **kwargs)
-        t_wds = time.perf_counter() - t0
-    finally:
-        ray.shutdown()
+    def shard_stage(folder: Path, table: pa.Table) -> ShardStage:
+        cat = Catalogue(folder)
+        sel = cat.table("selected", selected_schema(scorers), cluster_by="category")
+        sel.write_unit("bench", table, UnitStats(n_in=table.num_rows, n_out=table.num_rows))
+        sel.compact()
+        return ShardStage(selected=sel, shard_index=cat.table("shard_index", SHARD_INDEX, cluster_by="modality"),
+                          out_dir=str(folder), media_root=str(media), scorers=tuple(scorers), image_format="jpg",
+                          samples_per_shard=per_shard, dataset_name="bench", split="train", engine="local")
+
+    executor = Executor(use_ray=False)
+    executor.run(shard_stage(work / "warm", selected.slice(0, per_shard)))  # warm the imports and the media pages
+    stage = shard_stage(work / "wds", selected)
+    t0 = time.perf_counter()
+    summary = executor.run(stage)
+    t_wds = time.perf_counter() - t0
+    manifests = stage.manifests
+    assert summary.n_out == n_pairs, f"the write stage wrote {summary.n_out} samples of {n_pairs}"
     nbytes = sum(s["bytes"] for s in manifests["image"]["shards"])
 
     # plain tarfile: the same members (json text of the same size order, txt, two jpgs) per sample
@@ -206,7 +223,8 @@ def run_shards(n_pairs: int, per_shard: int = 200) -> dict:
                     tar.addfile(info, io.BytesIO(data))
     t_tar = time.perf_counter() - t0
     plain_bytes = sum(p.stat().st_size for p in plain.glob("*.tar"))
-    return {"pairs": n_pairs, "write_shards_s": t_wds, "tarfile_s": t_tar, "shard_bytes": nbytes, "tar_bytes": plain_bytes}
+    return {"pairs": n_pairs, "write_s": t_wds, "tarfile_s": t_tar, "shard_bytes": nbytes, "tar_bytes": plain_bytes,
+            "shards": len(manifests["image"]["shards"])}
 
 
 def main() -> None:
@@ -235,10 +253,10 @@ def main() -> None:
     if args.pairs:
         s = run_shards(args.pairs)
         mb = s["shard_bytes"] / 2**20
-        print(f"shards {s['pairs']:,} pairs ({mb:.1f} MiB): write_shards {s['write_shards_s']:.2f} s "
-              f"({mb / s['write_shards_s']:.1f} MiB/s), plain tarfile {s['tarfile_s']:.2f} s "
-              f"({s['tar_bytes'] / 2**20 / s['tarfile_s']:.1f} MiB/s); ratio write_shards/tarfile time "
-              f"{s['write_shards_s'] / s['tarfile_s']:.2f}")
+        print(f"shards {s['pairs']:,} pairs in {s['shards']} shards ({mb:.1f} MiB): write stage {s['write_s']:.2f} s "
+              f"({mb / s['write_s']:.1f} MiB/s), plain tarfile {s['tarfile_s']:.2f} s "
+              f"({s['tar_bytes'] / 2**20 / s['tarfile_s']:.1f} MiB/s); ratio write stage/tarfile time "
+              f"{s['write_s'] / s['tarfile_s']:.2f}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pipeline.score import ScoreStage, ScoreStatsStage, score_names, video_metri
 from pipeline.select import SELECTION_REPORT, SelectStage
 from pipeline.stage import Stage, StageInputError, TaskStage
 from pipeline.store import write_bytes
-from pipeline.write import SHARD_INDEX, ShardStage
+from pipeline.write import ShardStage
 from schemas.categories import modality_of
 from schemas.config import BuildConfig, ConfigError
 from schemas.tables import (
@@ -37,6 +37,7 @@ from schemas.tables import (
     DROPPED,
     JUDGEMENTS,
     PROMPTS,
+    SHARD_INDEX,
     pairs_schema,
     raw_scores_schema,
     scores_schema,

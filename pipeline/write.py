@@ -41,14 +41,9 @@ from schemas.shard import (
     shard_name,
     sidecar_name,
 )
+from schemas.tables import SHARD_INDEX
 from schemas.units import Unit, make_unit
 
-# One row per written shard: the write stage's output table and the manifests' source.
-SHARD_INDEX = pa.schema([
-    ("modality", pa.string()), ("index", pa.int64()), ("name", pa.string()), ("samples", pa.int64()),
-    ("bytes", pa.int64()), ("sha256", pa.string()), ("sidecar", pa.string()), ("sidecar_sha256", pa.string()),
-    ("counts", pa.string()),  # canonical json: categories, winner generators (by category), agreement
-])
 _SIDECAR_DROP = ("sort_key", "winner_record", "loser_record")
 
 

@@ -113,6 +113,14 @@ JUDGE_KEEPS = pa.schema([("pair_id", pa.string()), ("kept", pa.bool_()), ("drop_
 DROPPED = pa.schema([("pair_id", pa.string()), ("category", pa.string()), ("reason", pa.string())])
 
 
+# One row per written shard: the write stage's output table and the manifests' source.
+SHARD_INDEX = pa.schema([
+    ("modality", pa.string()), ("index", pa.int64()), ("name", pa.string()), ("samples", pa.int64()),
+    ("bytes", pa.int64()), ("sha256", pa.string()), ("sidecar", pa.string()), ("sidecar_sha256", pa.string()),
+    ("counts", pa.string()),  # canonical json: categories, winner generators (by category), agreement
+])
+
+
 def selected_schema(scorers: Sequence[str]) -> pa.Schema:
     base = pairs_schema(scorers)
     return pa.schema(

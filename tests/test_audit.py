@@ -18,8 +18,8 @@ import pytest
 from pipeline.audit.read import AuditInputError, discover
 from pipeline.audit.run import run_audit
 from pipeline.audit.sample import PLANTED, write_sample
-from pipeline.media import encode_image
 from pipeline.catalogue import Table, read_slices
+from pipeline.media import encode_image
 from schemas.audit import SKIP_REASONS, audit_scores_schema, parse_audit_config
 
 ROWS = 24  # row groups of 16 -> units [0,8) [8,16) [16,24)

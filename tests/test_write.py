@@ -20,10 +20,11 @@ from pipeline.catalogue import Table
 from pipeline.executor import Executor
 from pipeline.media import encode_image
 from pipeline.records import advantage_columns, record_table
-from pipeline.write import SHARD_INDEX, ShardStage
+from pipeline.write import ShardStage
 from schemas.tables import (
     CANDIDATES,
     REWARD_MODEL_NAMES,
+    SHARD_INDEX,
     scores_schema,
     selected_schema,
 )
