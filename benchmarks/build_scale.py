@@ -258,13 +258,18 @@ def _table(header: list[str], rows: list[list], align: str | None = None) -> str
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)])
 
 
+def _headline(label: str, process_label: str, r: dict) -> str:
+    """One run's totals: wall (Ray's start apart), driver CPU, peak RSS, the whole process's time."""
+    nan = float("nan")
+    status = "" if r.get("complete") else f"  INCOMPLETE (exit {r.get('returncode')})"
+    return (f"{label} {r.get('run_wall_s', nan):.1f} s (startup incl. Ray {r.get('startup_s', nan):.1f} s), driver CPU "
+            f"{r.get('run_cpu_s', nan):.1f} s, peak RSS {_mib(r.get('peak_rss', 0))} MiB, "
+            f"{process_label} {r.get('process_s', nan):.1f} s{status}")
+
+
 def print_size(build: dict, rerun: dict) -> None:
     n = build.get("candidates", build["size"])
-    status = "" if build.get("complete") else f"  INCOMPLETE (exit {build.get('returncode')})"
-    print(f"\n== {n:,} candidates: build {build.get('run_wall_s', float('nan')):.1f} s "
-          f"(startup incl. Ray {build.get('startup_s', float('nan')):.1f} s), driver CPU "
-          f"{build.get('run_cpu_s', float('nan')):.1f} s, peak RSS {_mib(build.get('peak_rss', 0))} MiB, "
-          f"process {build.get('process_s', float('nan')):.1f} s{status}")
+    print(_headline(f"\n== {n:,} candidates: build", "process", build))
     rows = []
     for step in STAGE_NAMES:
         s = build["stages"].get(step)
@@ -286,11 +291,7 @@ def print_size(build: dict, rerun: dict) -> None:
             print(f"   {s['line']}")
     if not rerun:
         return
-    status = "" if rerun.get("complete") else f"  INCOMPLETE (exit {rerun.get('returncode')})"
-    print(f"-- no-op rerun: Build.run() {rerun.get('run_wall_s', float('nan')):.1f} s "
-          f"(startup incl. Ray {rerun.get('startup_s', float('nan')):.1f} s), driver CPU "
-          f"{rerun.get('run_cpu_s', float('nan')):.1f} s, peak RSS {_mib(rerun.get('peak_rss', 0))} MiB, "
-          f"whole process {rerun.get('process_s', float('nan')):.1f} s{status}")
+    print(_headline("-- no-op rerun: Build.run()", "whole process", rerun))
     rows = []
     for step in STAGE_NAMES:
         s = rerun["stages"].get(step)
