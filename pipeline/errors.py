@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from schemas.errors import VipoError
 from schemas.units import UnitStats
 
 # Reasons of failed items, stored per row (a stage's rules have their own drop reasons).
@@ -35,7 +36,7 @@ class ItemFailure:
         return cls(item, reason, f"{type(err).__name__}: {err}"[:500])
 
 
-class StageFailed(RuntimeError):
+class StageFailed(VipoError, RuntimeError):
     """Too many items of a stage failed: the stage stops (finished units are kept)."""
 
 

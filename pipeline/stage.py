@@ -21,10 +21,11 @@ import pyarrow as pa
 from pipeline.catalogue import Table, UnitRecord
 from pipeline.errors import ItemFailure
 from schemas.config import ResourceConfig
+from schemas.errors import VipoError
 from schemas.units import Unit, UnitStats
 
 
-class StageInputError(RuntimeError):
+class StageInputError(VipoError, RuntimeError):
     """A stage was asked to run before the stage that makes its input."""
 
 

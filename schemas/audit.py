@@ -16,9 +16,9 @@ from schemas.config import (
     ResourceConfig,
     RewardModelConfig,
     Strict,
-    read_yaml,
     validate_config,
 )
+from schemas.config_io import read_yaml
 from schemas.tables import REWARD_MODEL_NAMES
 
 #: Row status of a scored pair; every other status is a skip reason.

@@ -5,25 +5,37 @@ Every field carries its help text; a bad file fails with one line naming the fil
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from schemas.categories import CATEGORIES, Modality
+from schemas.config_io import ConfigError, read_yaml
 from schemas.tables import REWARD_MODEL_NAMES
 
 Dtype = Literal["float32", "float16", "bfloat16"]
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one line: `<file>: <key>: <what is wrong>`."""
 
 
 class Strict(BaseModel):
     """Config models refuse unknown keys (a typo is an error, not a silent default) and are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic's lax mode reads `true` as 1 for a number field; in a config that is a typo."""
+        if isinstance(value, bool) and info.field_name and _is_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+        return value
+
+
+def _is_number(annotation: Any) -> bool:
+    """int or float, possibly optional or in a union with other non-bool types."""
+    if annotation in (int, float):
+        return True
+    args = get_args(annotation)
+    return bool(args) and bool not in args and any(a in (int, float) for a in args)
 
 
 class CategoryConfig(Strict):
@@ -269,22 +281,6 @@ def validate_config(model: type[M], data: Any, source: str) -> M:
         return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_error(source, err)) from None
-
-
-def read_yaml(path: str | Path, overrides: dict[str, Any] | None = None) -> Any:
-    """Plain data from a YAML file (safe_load: no tags, no objects), top-level keys overridden."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "<root>"
-        raise ConfigError(f"{path}: {where}: invalid YAML ({getattr(err, 'problem', err)})") from None
-    if isinstance(data, dict) and overrides:
-        data = {**data, **overrides}
-    return data
 
 
 def parse_config(data: Any, source: str = "<config>") -> BuildConfig:

@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.config import Strict, read_yaml, validate_config
+from schemas.config import Strict, validate_config
+from schemas.config_io import read_yaml
 from schemas.train_data import TrainDataConfig
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
@@ -27,19 +28,31 @@ class ModelConfig(Strict):
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(
         None, description="Diffusion models: override the scheduler config's prediction type (e.g. v_prediction for SD2-v)."
     )
-    max_sequence_length: int | None = Field(
-        None, ge=1, description="T5/UMT5 prompt tokens (SD3, FLUX, Wan); default: the pipeline's (256 / 512 / 226)."
+    vae: str | None = Field(
+        None,
+        description="Hub id or local folder of a replacement VAE, loaded with the pipeline VAE's class (the DPO SDXL "
+        "script's --pretrained_vae_model_name_or_path, e.g. madebyollin/sdxl-vae-fp16-fix). SDXL's VAE stays float32 "
+        "under mixed precision unless its config says force_upcast: false.",
     )
-    flux_guidance: float = Field(3.5, ge=0, description="FLUX guidance-distilled models: the guidance value fed during training.")
+    max_sequence_length: int | None = Field(
+        None, ge=1,
+        description="T5/UMT5 prompt tokens (SD3, FLUX, Wan); default: what the generator samples with (the registry's, "
+        "else the pipeline __call__ default of diffusers 0.42: SD3 256, FLUX 512, flux-schnell 256, Wan 512).",
+    )
+    flux_guidance: float = Field(
+        3.5, ge=0, description="FLUX guidance-distilled models: the guidance fed during training (train_dreambooth_lora_flux.py's 3.5)."
+    )
 
 
 class LoraSettings(Strict):
     rank: int = Field(16, ge=1, description="LoRA rank r.")
     alpha: float | None = Field(None, gt=0, description="LoRA alpha (scale = alpha / r); default: equal to the rank.")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["to_k", "to_q", "to_v", "to_out.0"],
+    target_modules: list[str] | None = Field(
+        None,
         min_length=1,
-        description="Module names that get adapters (the attention projections of every family's denoiser).",
+        description="Module names that get adapters (peft suffix match); default: the family's reference script's "
+        "(trainer.models.LORA_TARGETS: attention for SD1.5/SDXL, + the context-stream projections for SD3, + the "
+        "feed-forwards for FLUX, attention + FFN for Wan).",
     )
 
 
@@ -53,12 +66,24 @@ class ObjectiveConfig(Strict):
     )
     sft_weight: float = Field(0.0, ge=0, description="Add sft_weight * SFT loss on winners to the Poly-DPO loss (after sft_steps).")
     flow_weighting: Literal["logit_normal", "uniform", "mode"] = Field(
-        "logit_normal", description="Flow models: timestep density (diffusers' compute_density_for_timestep_sampling)."
+        "logit_normal",
+        description="Flow models: density of u (diffusers' compute_density_for_timestep_sampling); sigma = the "
+        "scheduler's sigmas[int(u * 1000)], so sigma ~ 1 - u, as the diffusers SD3/FLUX scripts sample.",
     )
-    flow_logit_mean: float = Field(0.0, description="Flow models: logit-normal mean.")
-    flow_logit_std: float = Field(1.0, gt=0, description="Flow models: logit-normal std.")
+    flow_logit_mean: float = Field(
+        0.0, description="Flow models: logit-normal mean of u (the scripts' --logit_mean; > 0 means less noise, sigma ~ 1 - u)."
+    )
+    flow_logit_std: float = Field(1.0, gt=0, description="Flow models: logit-normal std of u (the scripts' --logit_std).")
     flow_shift: float | None = Field(
-        None, gt=0, description="Flow models: time shift s' = shift*s/(1+(shift-1)*s); default: the scheduler config's shift."
+        None, gt=0,
+        description="Flow models: static time shift of the sigma table, shift*s/(1+(shift-1)*s); default: the scheduler's "
+        "own table (SD3: shift 3; FLUX.1-dev: none, its config shifts dynamically at sampling; Wan: flow_shift).",
+    )
+    flow_target: Literal["velocity", "x0"] = Field(
+        "velocity",
+        description="Flow models: error in velocity space (target noise - x0; the FLUX script, the SD3 script with "
+        "--precondition_outputs 0) or x0 space (prediction -sigma*out + x_s vs x0: the SD3 script's default, "
+        "--precondition_outputs 1; errors are sigma^2 times the velocity ones, so beta needs retuning).",
     )
 
 
@@ -66,7 +91,15 @@ class OptimConfig(Strict):
     optimizer: Literal["adamw", "adamw8bit", "adafactor"] = Field(
         "adamw", description="adamw (torch), adamw8bit (bitsandbytes, installed separately) or adafactor (transformers)."
     )
-    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate (after warmup).")
+    learning_rate: float = Field(
+        1e-4, gt=0, description="Peak learning rate (after warmup); with scale_lr, per pair of the total batch."
+    )
+    scale_lr: bool = Field(
+        False,
+        description="Multiply learning_rate by the pairs per optimiser step (gradient_accumulation_steps * batch_size * "
+        "processes), as Salesforce DiffusionDPO's --scale_lr (off by default there and in diffusers). The paper's "
+        "1e-8 is with it on at 2048 pairs: 2.048e-5 applied.",
+    )
     weight_decay: float = Field(1e-2, ge=0, description="Decoupled weight decay.")
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
     adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
