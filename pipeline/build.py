@@ -20,10 +20,12 @@ from pipeline.errors import ErrorPolicy
 from pipeline.executor import Executor
 from pipeline.generate import GenerateStage
 from pipeline.judge import JudgeStage, rater_model_path
+from pipeline.locks import FolderLock
+from pipeline.model_sources import check_model_source
 from pipeline.pair import PairRules, PairStage
 from pipeline.prompt_stage import PromptsStage
 from pipeline.prompts import capacity
-from pipeline.ray_runtime import init_ray
+from pipeline.ray_runtime import check_resources, init_ray
 from pipeline.report import NullReporter, Reporter, StageSummary
 from pipeline.score import ScoreStage, ScoreStatsStage, score_names, video_metrics_pool
 from pipeline.select import SELECTION_REPORT, SelectStage
@@ -31,7 +33,7 @@ from pipeline.stage import Stage, StageInputError, TaskStage
 from pipeline.store import write_bytes
 from pipeline.write import ShardStage
 from schemas.categories import modality_of
-from schemas.config import BuildConfig, ConfigError
+from schemas.config import BuildConfig, ConfigError, ResourceConfig
 from schemas.tables import (
     CANDIDATES,
     DROPPED,
@@ -83,14 +85,20 @@ def preflight(cfg: BuildConfig, source: str = "<config>") -> dict:
             specs[g.name] = spec = resolve_generator(g)
         except ValueError as err:
             raise ConfigError(f"{source}: generators.{i}: {err}") from None
+        check_model_source(spec.model, f"{source}: generators.{i}.model", "generator")
         floor = cfg.media.min_side(spec.modality)
         for j, sampling in enumerate(g.sampling):
             params = {**spec.call_kwargs, **sampling}
+            check_call_args(params, f"{source}: generators.{i}.sampling.{j}")
             if "height" in params and "width" in params and min(params["height"], params["width"]) < floor:
                 raise ConfigError(
                     f"{source}: generators.{i}.sampling.{j}: {params['width']}x{params['height']} is below "
                     f"media.min_{spec.modality}_side {floor}"
                 )
+    for i, r in enumerate(cfg.scoring.reward_models):
+        check_model_source(r.model, f"{source}: scoring.reward_models.{i}.model", "reward model")
+    if cfg.judge is not None and cfg.judge.backend != "openai":
+        check_model_source(cfg.judge.model, f"{source}: judge.model", "rater")
     for i, f in enumerate(cfg.prompt_files):
         if not Path(f).is_file():
             raise ConfigError(f"{source}: prompt_files.{i}: {f}: no such file")
@@ -106,6 +114,26 @@ def preflight(cfg: BuildConfig, source: str = "<config>") -> dict:
         if not serving:
             raise ConfigError(f"{source}: categories.{cat}: no {modality_of(cat)} generator serves this category")
     return specs
+
+
+# pipeline call arguments whose meaning diffusers fixes: a number at least this (checked before any stage)
+_CALL_ARG_MIN = {"num_inference_steps": 1, "height": 8, "width": 8, "num_frames": 1, "guidance_scale": 0.0,
+                 "true_cfg_scale": 0.0, "max_sequence_length": 1, "strength": 0.0}
+
+
+def check_call_args(params: dict, where: str) -> None:
+    """ConfigError naming the key when a well-known pipeline argument is not a number in range."""
+    for key, low in _CALL_ARG_MIN.items():
+        if key not in params:
+            continue
+        value = params[key]
+        want_int = isinstance(low, int)
+        ok_type = isinstance(value, int) if want_int else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok_type:
+            kind = "an integer" if want_int else "a number"
+            raise ConfigError(f"{where}.{key}: expected {kind}, got {value!r}")
+        if value < low:
+            raise ConfigError(f"{where}.{key}: {value} is below the least meaningful value {low}")
 
 
 class Build:
@@ -165,11 +193,18 @@ class Build:
     def run(self, stages: list[str] | None = None) -> BuildResult:
         stages = stages or list(STAGES)
         self.specs = preflight(self.cfg, self.source)
-        self.out.mkdir(parents=True, exist_ok=True)
+        with FolderLock(self.out, "build"):
+            return self._run(stages)
+
+    def _run(self, stages: list[str]) -> BuildResult:
         write_bytes(self.out / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False).encode())
         if _ACTOR_STAGES & set(stages) or self.cfg.ray.columnar != "local":
             init_ray(self.cfg.ray)
         import ray
+
+        if ray.is_initialized():
+            for key, res in self._actor_pools(stages):  # every stage's ask, before the first one runs
+                check_resources(key, res.num_gpus, res.num_cpus)
 
         f = self.cfg.failures
         self.executor = Executor(self.reporter, ErrorPolicy(f.max_share, f.min_items), use_ray=ray.is_initialized())
@@ -179,6 +214,19 @@ class Build:
             result.summaries.append(summary)
             self.reporter.finish(summary)
         return result
+
+    def _actor_pools(self, stages: list[str]) -> list[tuple[str, ResourceConfig]]:
+        """(config key, resources) of every actor pool the given stages start."""
+        pools = []
+        if "generate" in stages:
+            pools += [(f"generators.{i}.resources", g.resources) for i, g in enumerate(self.cfg.generators)]
+        if "score" in stages:
+            sc = self.cfg.scoring
+            pools += ([(f"scoring.groups.{i}.resources", g.resources) for i, g in enumerate(sc.groups)] if sc.groups
+                      else [("scoring.resources", sc.resources)])
+        if "judge" in stages and self.cfg.judge is not None:
+            pools.append(("judge.resources", self.cfg.judge.resources))
+        return pools
 
     def _columnar(self, stage: TaskStage) -> TaskStage:
         stage.engine, stage.ray_min_rows = self.cfg.ray.columnar, self.cfg.ray.columnar_min_rows

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -32,10 +33,12 @@ import pyarrow.parquet as pq
 
 from pipeline.prompt_vocab import TEMPLATES, VOCAB
 from schemas.categories import CATEGORIES, modality_of
+from schemas.errors import VipoError
 from schemas.ids import prompt_id
 from schemas.tables import PROMPTS
 
 MAX_PROMPT_CHARS = 2000
+MAX_LINE_CHARS = 1 << 20  # a jsonl line is one prompt and its category
 
 # --------------------------------------------------------------------------------------------------
 # articles
@@ -332,6 +335,10 @@ class PromptFileResult:
     problems: list[str] = field(default_factory=list)  # one line per skipped row: "file:line: what is wrong"
 
 
+class PromptFileError(VipoError, ValueError):
+    """A prompt file that cannot be read at all: one line naming it."""
+
+
 class _BadRow(Exception):
     pass
 
@@ -358,10 +365,15 @@ def _check(raw_category: object, raw_prompt: object, categories: Collection[str]
 def _lines(path: Path, newline: str | None = None) -> list[str]:
     """The file's lines (split at \\n, \\r or \\r\\n only, so line numbers match an editor's)."""
     try:
-        with open(path, encoding="utf-8-sig", newline=newline) as f:
-            return list(f)
+        raw = path.read_bytes()
+    except OSError as e:
+        raise PromptFileError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+        line = raw[: e.start].count(b"\n") + 1
+        raise PromptFileError(f"{path}: line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    return io.StringIO(text, newline=newline).readlines()
 
 
 def _txt_rows(path: Path) -> Iterator[tuple[str, object, object]]:
@@ -380,10 +392,16 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, object, object]]:
     for n, line in enumerate(_lines(path), start=1):
         if not line.strip():
             continue
+        if len(line) > MAX_LINE_CHARS:
+            yield str(n), _BadRow(f"line is {len(line):,} characters long, more than {MAX_LINE_CHARS:,}"), None
+            continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             yield str(n), _BadRow(f"bad JSON ({e.msg} at column {e.colno})"), None
+            continue
+        except RecursionError:
+            yield str(n), _BadRow("JSON nested too deeply"), None
             continue
         if not isinstance(obj, dict):
             yield str(n), _BadRow(f"expected a JSON object, got {type(obj).__name__}"), None
@@ -398,13 +416,16 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, object, object]]:
 def _csv_rows(path: Path) -> Iterator[tuple[str, object, object]]:
     lines = _lines(path, newline="")
     reader = csv.DictReader(lines)
-    header = [h.strip() for h in (reader.fieldnames or [])]
+    try:
+        header = [h.strip() for h in (reader.fieldnames or [])]
+    except csv.Error as e:
+        raise PromptFileError(f"{path}: after line {reader.line_num}: {e}") from None
     missing = [k for k in ("prompt", "category") if k not in header]
     if missing:
-        raise ValueError(f"{path}: the csv header {header} has no column " + " or ".join(repr(k) for k in missing))
+        raise PromptFileError(f"{path}: the csv header {header} has no column " + " or ".join(repr(k) for k in missing))
     reader.fieldnames = header
     end = reader.line_num  # the last line of the header
-    for row in reader:
+    for row in _csv_records(reader, path):
         start, end = end + 1, reader.line_num  # a quoted field may span lines: report the first
         while start < end and not lines[start - 1].strip():  # blank lines before the record
             start += 1
@@ -420,20 +441,28 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, object, object]]:
         yield str(start), row["category"], row["prompt"]
 
 
+def _csv_records(reader: csv.DictReader, path: Path) -> Iterator[dict]:
+    """The reader's rows; a field past the csv module's limit ends the file with one line (it cannot resync)."""
+    try:
+        yield from reader
+    except csv.Error as e:
+        raise PromptFileError(f"{path}: after line {reader.line_num}: {e}") from None
+
+
 def _parquet_rows(path: Path) -> Iterator[tuple[str, object, object]]:
     try:
         table = pq.read_table(path)
     except Exception as e:
-        raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+        raise PromptFileError(f"{path}: not a readable parquet file ({e})") from None
     missing = [k for k in ("prompt", "category") if k not in table.column_names]
     if missing:
-        raise ValueError(f"{path}: no column " + " or ".join(repr(k) for k in missing) + f" (has {table.column_names})")
+        raise PromptFileError(f"{path}: no column " + " or ".join(repr(k) for k in missing) + f" (has {table.column_names})")
     for k in ("prompt", "category"):
         t = table[k].type
         if pa.types.is_dictionary(t):  # e.g. a pandas categorical
             t = t.value_type
         if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
-            raise ValueError(f"{path}: column {k!r} must hold strings, not {table[k].type}")
+            raise PromptFileError(f"{path}: column {k!r} must hold strings, not {table[k].type}")
     for n, (category, prompt) in enumerate(zip(table["category"].to_pylist(), table["prompt"].to_pylist())):
         yield f"row {n}", category, prompt
 
@@ -454,16 +483,16 @@ def load_prompt_files(paths: list[str], categories: Collection[str] | None = Non
     files = [(str(p), Path(p)) for p in paths]
     for _, p in files:
         if p.suffix.lower() not in _READERS:
-            raise ValueError(
+            raise PromptFileError(
                 f"{p}: unsupported prompt file type {p.suffix or '(none)'!r}; "
                 f"expected one of {', '.join(PROMPT_FILE_TYPES)}"
             )
         if not p.is_file():
-            raise ValueError(f"prompt file not found: {p}")
+            raise PromptFileError(f"prompt file not found: {p}")
     if categories is not None:
         unknown = sorted(set(categories) - set(CATEGORIES))
         if unknown:
-            raise ValueError(f"unknown categories {unknown}; expected some of {list(CATEGORIES)}")
+            raise PromptFileError(f"unknown categories {unknown}; expected some of {list(CATEGORIES)}")
     categories_out: list[str] = []
     prompts: list[str] = []
     sources: list[str] = []
