@@ -1,5 +1,7 @@
 """LAION aesthetic predictor v2 (`sac+logos+ava1-l14-linearMSE`): a linear MLP on the L2-normalised
 OpenAI CLIP ViT-L/14 image embedding, predicting a 1-10 rating. Prompts are ignored.
+Pixels as LAION's `simple_inference.py` prepares them: `clip.load("ViT-L/14")`'s `_transform` (resize,
+crop, then RGB; `preprocess.clip_pixels`).
 
 Folder layout: a transformers CLIP folder (as `openai/clip-vit-large-patch14`) plus the MLP, either
 ours (`aesthetic_mlp.safetensors`) or the published `sac+logos+ava1-l14-linearMSE.pth`.

@@ -5,6 +5,10 @@ A scorer of this family is a transformers `CLIPModel` + its tokenizer + the CLIP
 read from `preprocessor_config.json`. `save_pretrained` writes exactly the published hub layout
 (model, tokenizer, `CLIPImageProcessor` config), so published checkpoints and our tiny twins load
 through the one `from_pretrained` path.
+
+CLIPScore's inputs are those of Hessel et al.'s `clipscore.py`: pixels through `Resize, CenterCrop,
+convert("RGB"), ToTensor, Normalize` (`preprocess.clip_pixels`), text cleaned as `clip.tokenize` does
+(`preprocess.openai_clip_clean`) and truncated to 77 tokens with the end token kept.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPMode
 
 from .base import RewardModel, as_dtype, local_or_hub_file, raise_on_key_mismatch, read_json
 from .offline_tokenizers import clip_tokenizer
-from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CropRounding, clip_pixels
+from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_pixels, openai_clip_clean
 
 TINY_CLIP = dict(
     text_config=dict(
@@ -49,7 +53,6 @@ def _processor_settings(path: str) -> dict:
 class HFCLIPRewardModel(RewardModel):
     """Base of the transformers-CLIP scorers: loading, saving, tiny twin, embeddings."""
 
-    crop_rounding: CropRounding = "round"
     default_processor: str | None = None  # where tokenizer/preprocessor live when the model repo lacks them
 
     def __init__(
@@ -67,7 +70,12 @@ class HFCLIPRewardModel(RewardModel):
 
     # --- embeddings -------------------------------------------------------------------------
     def pixels(self, images: list[Image.Image]) -> torch.Tensor:
-        return clip_pixels(images, self.image_size, self.mean, self.std, self.crop_rounding)
+        """OpenAI CLIP's `_transform` (resize, crop, then RGB): what CLIPScore and the aesthetic predictor used."""
+        return clip_pixels(images, self.image_size, self.mean, self.std)
+
+    def clean_prompts(self, prompts: list[str]) -> list[str]:
+        """Text cleaning before the tokenizer; none here (the transformers tokenizer's own normalizer only)."""
+        return prompts
 
     def image_embeds(self, images: list[Image.Image]) -> torch.Tensor:
         """Projected image embeddings (CLIP `encode_image`), not normalised."""
@@ -76,7 +84,8 @@ class HFCLIPRewardModel(RewardModel):
 
     def text_embeds(self, prompts: list[str]) -> torch.Tensor:
         """Projected text embeddings; text truncated to CLIP's 77 tokens (start and end token kept)."""
-        tok = self.tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt").to(self.device)
+        tok = self.tokenizer(self.clean_prompts(prompts), padding=True, truncation=True, max_length=77, return_tensors="pt")
+        tok = tok.to(self.device)
         return _embedding(self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask))
 
     def cosine(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
@@ -94,11 +103,12 @@ class HFCLIPRewardModel(RewardModel):
         if processor is None:  # beside the weights, unless the model repo ships none (PickScore_v1)
             beside = os.path.isfile(os.path.join(path, "tokenizer_config.json")) if os.path.isdir(path) else False
             processor = path if beside or not cls.default_processor else cls.default_processor
-        return dict(
-            model=model.to(device),
-            tokenizer=AutoTokenizer.from_pretrained(processor),
-            **_processor_settings(processor),
-        )
+        return dict(model=model.to(device), tokenizer=AutoTokenizer.from_pretrained(processor), **cls._image_parts(processor))
+
+    @classmethod
+    def _image_parts(cls, processor: str) -> dict:
+        """Constructor keywords for the image preprocessing, read from `processor`'s `preprocessor_config.json`."""
+        return _processor_settings(processor)
 
     @classmethod
     def from_pretrained(
@@ -139,6 +149,10 @@ class CLIPScore(HFCLIPRewardModel):
     name = "clipscore"
     weight: float = 2.5
     prefix: str = ""
+
+    def clean_prompts(self, prompts: list[str]) -> list[str]:
+        """Hessel et al. tokenise with `clip.tokenize`: OpenAI's `basic_clean` + `whitespace_clean` + lower case."""
+        return [openai_clip_clean(p) for p in prompts]
 
     def _score_batch(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
         prompts = [self.prefix + p for p in prompts]

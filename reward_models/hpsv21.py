@@ -1,9 +1,12 @@
 """HPS v2.1 (Wu et al., 2023): open_clip ViT-H-14 fine-tuned on HPD v2, `HPS_v2.1_compressed.pt` in
 the hub repo `xswu/HPSv2`. Score = cos(image, text) (reports often show it x100).
 
-Its preprocessing is not CLIP's: the LONGEST side is resized to 224 and the image padded to a square
-with black, so nothing is cropped away. Folder layout: the checkpoint (a dict with `state_dict`, or a
-bare state dict) plus, for anything other than ViT-H-14, `open_clip_config.json` with the model cfg.
+Its preprocessing is not CLIP's: the image becomes a float tensor first, its LONGEST side is resized to
+224 (torchvision bicubic, antialiased) and it is padded to a square with black, so nothing is cropped
+away (`preprocess.hps_pixels`). Text goes through open_clip's `SimpleTokenizer`, which cleans it as
+HPSv2's copy of OpenAI's tokenizer does (ftfy, HTML unescaped twice, white space, lower case).
+Folder layout: the checkpoint (a dict with `state_dict`, or a bare state dict) plus, for anything other
+than ViT-H-14, `open_clip_config.json` with the model cfg.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
 from .base import RewardModel, as_dtype, load_state_dict_checked, local_or_hub_file, read_json, read_state_dict
-from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, padded_pixels
+from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, hps_pixels
 
 CHECKPOINT = "HPS_v2.1_compressed.pt"
 CONFIG = "open_clip_config.json"
@@ -42,7 +45,7 @@ class HPSv21(RewardModel):
         self.device, self.dtype = next(model.parameters()).device, next(model.parameters()).dtype
 
     def _score_batch(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
-        pixels = padded_pixels(images, self.image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD).to(self.device, self.dtype)
+        pixels = hps_pixels(images, self.image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD).to(self.device, self.dtype)
         img = self.model.encode_image(pixels, normalize=True).float()
         txt = self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True).float()
         return (img * txt).sum(-1)

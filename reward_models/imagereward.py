@@ -6,6 +6,10 @@ is BLIP's ViT (its `last_hidden_state` is the final-LayerNorm output, as BLIP's 
 `BlipTextModel(add_pooling_layer=False)` called with `encoder_hidden_states` and without `is_decoder` is
 BLIP's `BertModel` in "multimodal" mode: bidirectional self-attention plus cross-attention.
 
+Inputs as `ImageReward.score` prepares them: pixels through its `_transform` (OpenAI CLIP's: resize,
+crop, then RGB; `preprocess.clip_pixels`), the prompt through BLIP's BERT tokenizer as it is (BERT's
+own normalisation only, no HTML unescaping), padded to 35 tokens.
+
 Two folder layouts load:
 * ours: `config.json` (vision + text configs), `model.safetensors`, tokenizer files;
 * the published one (`THUDM/ImageReward`): `ImageReward.pt` + `med_config.json`, tokenizer files

@@ -1,4 +1,9 @@
-"""Tokenizers built with no network: the real CLIP BPE, from the vocabulary shipped in open_clip's wheel."""
+"""Tokenizers built with no network: the real CLIP BPE, from the vocabulary shipped in open_clip's wheel.
+
+`clip_tokenizer()` is the hub tokenizer (`openai/clip-vit-*`) as transformers builds it, cleaning
+included: under transformers 5 that is NFC + white space + lower case, no ftfy and no HTML unescaping.
+It stays that way because the toy generators use it as their pipelines' tokenizer; a scorer whose
+reference tokenises with `clip.tokenize` adds `preprocess.openai_clip_clean` before it (CLIPScore)."""
 from __future__ import annotations
 
 import gzip

@@ -1,22 +1,18 @@
 """Reward models: every tiny twin goes through save_pretrained -> from_pretrained and its scores are
-checked against the published formula recomputed here from the model's submodules, with reference
-preprocessing taken from independent implementations (torchvision, transformers' PIL processor,
-open_clip's keep-ratio resize + pad)."""
+checked against the published formula recomputed here from the model's submodules, on pixels and
+tokens prepared by each reference's own preprocessing (transcribed in tests/test_reward_preprocess.py:
+OpenAI CLIP's `_transform`, HPSv2's `image_transform`, PickScore's slow CLIP processor, `clip.tokenize`)."""
 from __future__ import annotations
 
 import os
 import pickle
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-import torchvision.transforms as T
-from open_clip.transform import ResizeKeepRatio, center_crop_or_pad
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import CLIPImageProcessorPil
 
 from reward_models.aesthetic import AestheticScore
 from reward_models.base import CheckpointKeyError, read_state_dict
@@ -24,11 +20,18 @@ from reward_models.clipscore import CLIPScore
 from reward_models.hpsv21 import CHECKPOINT, HPSv21
 from reward_models.imagereward import ImageReward
 from reward_models.pickscore import PickScore
-from reward_models.preprocess import OPENAI_CLIP_MEAN as MEAN
-from reward_models.preprocess import OPENAI_CLIP_STD as STD
-from reward_models.preprocess import clip_pixels, padded_pixels
 from reward_models.registry import REWARD_MODELS, load_reward_model, reward_model_class
 from schemas.tables import REWARD_MODEL_NAMES
+from tests.test_reward_preprocess import (
+    HTML_PROMPTS,
+    LONG_PROMPT,
+    ODD_IMAGES,
+    clip_tokenize_ids,
+    hps_tokenize,
+    hps_transform,
+    openai_transform,
+    pickscore_pixels,
+)
 
 ATOL = 1e-5
 PROMPTS = ["a cat sitting on a red sofa", "a lighthouse at sunset", "two dogs in the snow", "a neon sign that says open"]
@@ -44,21 +47,22 @@ def _gradient(w: int, h: int, k: int) -> Image.Image:
 IMAGES = [_gradient(224, 224, 1), _gradient(300, 200, 3), _gradient(150, 260, 5), _gradient(227, 224, 7)]
 
 
-# ---- independent reference preprocessing -------------------------------------------------------
-def ref_crop_round(images: list[Image.Image]) -> torch.Tensor:
-    tf = T.Compose([T.Resize(224, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224), T.ToTensor(), T.Normalize(MEAN, STD)])
-    return torch.stack([tf(im.convert("RGB")) for im in images])
+# RGBA, palette, greyscale(+alpha) at odd sizes with HTML-escaped and over-long prompts, scored end to end
+MIXED = IMAGES + ODD_IMAGES[3:]
+MIXED_PROMPTS = PROMPTS + HTML_PROMPTS[:3] + [LONG_PROMPT]
 
 
-def ref_crop_floor(images: list[Image.Image]) -> torch.Tensor:
-    proc = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, image_mean=MEAN, image_std=STD)
-    return proc(images=images, return_tensors="pt").pixel_values
+# ---- the references' pixels ----------------------------------------------------------------------
+def ref_openai(images: list[Image.Image]) -> torch.Tensor:
+    return torch.stack([openai_transform()(im) for im in images])
 
 
-def ref_pad(images: list[Image.Image]) -> torch.Tensor:
-    resize = ResizeKeepRatio(224, longest=1.0)
-    tf = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
-    return torch.stack([tf(center_crop_or_pad(resize(im.convert("RGB")), [224, 224], fill=0)) for im in images])
+def ref_pickscore(images: list[Image.Image]) -> torch.Tensor:
+    return torch.stack([pickscore_pixels(im) for im in images])
+
+
+def ref_hps(images: list[Image.Image]) -> torch.Tensor:
+    return torch.stack([hps_transform()(im)[:3] for im in images])
 
 
 def mlp_by_hand(state: dict[str, torch.Tensor], x: torch.Tensor, prefix: str = "") -> torch.Tensor:
@@ -121,65 +125,45 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
 
-# ---- preprocessing -----------------------------------------------------------------------------
-def test_clip_preprocessing_matches_torchvision_and_transformers():
-    assert torch.allclose(clip_pixels(IMAGES, rounding="round"), ref_crop_round(IMAGES), atol=1e-6)
-    assert torch.allclose(clip_pixels(IMAGES, rounding="floor"), ref_crop_floor(IMAGES), atol=1e-6)
-    # the odd margin (227 -> 3 px) is where torchvision's round and transformers' floor part ways
-    assert not torch.allclose(clip_pixels(IMAGES[3:], rounding="round"), clip_pixels(IMAGES[3:], rounding="floor"))
-
-
-def test_hps_pads_to_square_instead_of_cropping():
-    padded = padded_pixels(IMAGES)
-    assert torch.allclose(padded, ref_pad(IMAGES), atol=1e-6)
-    black = ((0 - torch.tensor(MEAN)) / torch.tensor(STD)).view(3, 1)
-    # landscape 300x200 -> 224x149: 37 black rows on top, 38 at the bottom; whole image kept
-    assert torch.allclose(padded[1, :, :37, :].reshape(3, -1), black.expand(3, 37 * 224), atol=1e-6)
-    assert torch.allclose(padded[1, :, -38:, :].reshape(3, -1), black.expand(3, 38 * 224), atol=1e-6)
-    assert not torch.allclose(padded[1, :, 37, :].reshape(3, -1), black.expand(3, 224), atol=1e-3)
-    cropped = clip_pixels(IMAGES)
-    assert torch.allclose(padded[0], cropped[0], atol=1e-6)  # square 224: the same pixels
-    assert not torch.allclose(padded[1], cropped[1], atol=1e-2)
-
-
 # ---- the five scorers: loaded == original == published formula ----------------------------------
 def test_pickscore(tmp_path):
     _, m = roundtrip(PickScore, tmp_path)
     clip = m.model
-    tok = m.tokenizer(PROMPTS, padding=True, truncation=True, max_length=77, return_tensors="pt")
-    assert tok.input_ids[0].tolist() == open_clip.get_tokenizer("ViT-H-14")(PROMPTS[:1])[0, : tok.input_ids.shape[1]].tolist()
+    tok = m.tokenizer(MIXED_PROMPTS, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    assert tok.input_ids[0, : int(tok.attention_mask[0].sum())].tolist() == clip_tokenize_ids(PROMPTS[0])  # plain text: CLIP's BPE
     with torch.no_grad():
-        img = clip.visual_projection(clip.vision_model(pixel_values=ref_crop_floor(IMAGES)).pooler_output)
+        img = clip.visual_projection(clip.vision_model(pixel_values=ref_pickscore(MIXED)).pooler_output)
         txt = clip.text_projection(clip.text_model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output)
         expected = clip.logit_scale.exp() * (normalize(img) * normalize(txt)).sum(-1)
-    np.testing.assert_allclose(m.score(IMAGES, PROMPTS), expected.numpy(), atol=ATOL)
+    np.testing.assert_allclose(m.score(MIXED, MIXED_PROMPTS), expected.numpy(), atol=ATOL)
 
 
 def test_clipscore(tmp_path):
     _, m = roundtrip(CLIPScore, tmp_path)
     clip = m.model
-    long_prompt = "a very detailed prompt " * 40
-    prompts = PROMPTS[:3] + [long_prompt]
-    tok = m.tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
-    assert tok.input_ids.shape[1] == 77 and tok.input_ids[3, -1].item() == 49407  # truncated, end token kept
+    ids = [clip_tokenize_ids(p) for p in MIXED_PROMPTS]  # clip.tokenize, as Hessel et al.'s clipscore.py calls it
+    assert len(ids[-1]) == 77 and ids[-1][-1] == 49407  # truncated, end token kept
+    width = max(map(len, ids))
+    input_ids = torch.tensor([t + [49407] * (width - len(t)) for t in ids])
+    mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in ids])
     with torch.no_grad():
-        img = clip.visual_projection(clip.vision_model(pixel_values=ref_crop_round(IMAGES)).pooler_output)
-        txt = clip.text_projection(clip.text_model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output)
+        img = clip.visual_projection(clip.vision_model(pixel_values=ref_openai(MIXED)).pooler_output)
+        txt = clip.text_projection(clip.text_model(input_ids=input_ids, attention_mask=mask).pooler_output)
         cos = (normalize(img) * normalize(txt)).sum(-1)
     assert (cos < 0).any() and (cos > 0).any()  # the clamp at 0 is exercised
-    np.testing.assert_allclose(m.score(IMAGES, prompts), (2.5 * cos.clamp(min=0)).numpy(), atol=ATOL)
+    np.testing.assert_allclose(m.score(MIXED, MIXED_PROMPTS), (2.5 * cos.clamp(min=0)).numpy(), atol=ATOL)
 
 
 def test_aesthetic(tmp_path):
     _, m = roundtrip(AestheticScore, tmp_path)
     clip = m.model
     with torch.no_grad():
-        emb = normalize(clip.visual_projection(clip.vision_model(pixel_values=ref_crop_round(IMAGES)).pooler_output))
+        emb = normalize(clip.visual_projection(clip.vision_model(pixel_values=ref_openai(MIXED)).pooler_output))
         expected = mlp_by_hand(m.mlp.state_dict(), emb)
-    scores = m.score(IMAGES, PROMPTS)
+    scores = m.score(MIXED, MIXED_PROMPTS)
     np.testing.assert_allclose(scores, expected.numpy(), atol=ATOL)
-    np.testing.assert_array_equal(m.score(IMAGES, None), scores)  # prompts are ignored
-    assert len(set(np.round(scores, 6))) == len(IMAGES)
+    np.testing.assert_array_equal(m.score(MIXED, None), scores)  # prompts are ignored
+    assert len(set(np.round(scores, 6))) == len(MIXED)
 
 
 def test_aesthetic_loads_published_pth(tmp_path):
@@ -192,13 +176,13 @@ def test_aesthetic_loads_published_pth(tmp_path):
 
 def test_hpsv21(tmp_path):
     _, m = roundtrip(HPSv21, tmp_path)
-    tokens = open_clip.get_tokenizer("ViT-H-14")(PROMPTS)
+    tokens = torch.tensor([hps_tokenize(p) for p in MIXED_PROMPTS])
     with torch.no_grad():
         txt = normalize(m.model.encode_text(tokens))
-        img_pad = normalize(m.model.visual(ref_pad(IMAGES)))
-        img_crop = normalize(m.model.visual(ref_crop_round(IMAGES)))
+        img_pad = normalize(m.model.visual(ref_hps(MIXED)))
+        img_crop = normalize(m.model.visual(ref_openai(MIXED)))
     expected = (img_pad * txt).sum(-1).numpy()
-    scores = m.score(IMAGES, PROMPTS)
+    scores = m.score(MIXED, MIXED_PROMPTS)
     np.testing.assert_allclose(scores, expected, atol=ATOL)
     crop_scores = (img_crop * txt).sum(-1).numpy()
     assert abs(scores[0] - crop_scores[0]) < ATOL  # square image: padding and cropping agree
@@ -208,11 +192,11 @@ def test_hpsv21(tmp_path):
 def test_imagereward(tmp_path):
     assert (ImageReward.mean, ImageReward.std) == (0.16717362830052426, 1.0333394966054072)
     _, m = roundtrip(ImageReward, tmp_path)
-    tok = m.tokenizer(PROMPTS, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
-    assert tok.input_ids.shape == (4, 35) and (tok.input_ids[:, 0] == m.tokenizer.cls_token_id).all()  # not [ENC]
+    tok = m.tokenizer(MIXED_PROMPTS, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
+    assert tok.input_ids.shape == (8, 35) and (tok.input_ids[:, 0] == m.tokenizer.cls_token_id).all()  # not [ENC]
     net = m.net
     with torch.no_grad():
-        image_embeds = net.vision(pixel_values=ref_crop_round(IMAGES)).last_hidden_state
+        image_embeds = net.vision(pixel_values=ref_openai(MIXED)).last_hidden_state
         ones = torch.ones(image_embeds.shape[:2], dtype=torch.long)
 
         def cls_features(**kw):
@@ -223,7 +207,7 @@ def test_imagereward(tmp_path):
         raw = mlp_by_hand(net.mlp.state_dict(), cls_features())
         causal = mlp_by_hand(net.mlp.state_dict(), cls_features(is_decoder=True))
     expected = (raw - 0.16717362830052426) / 1.0333394966054072
-    scores = m.score(IMAGES, PROMPTS)
+    scores = m.score(MIXED, MIXED_PROMPTS)
     np.testing.assert_allclose(scores, expected.numpy(), atol=ATOL)
     # the text encoder runs bidirectionally ("multimodal" mode), not as BLIP's causal decoder
     assert np.abs(scores - ((causal - 0.16717362830052426) / 1.0333394966054072).numpy()).max() > 1e-4
@@ -248,7 +232,7 @@ def test_imagereward_published_layout(tmp_path):
     assert loaded.net.vision.config.num_attention_heads == 2 and loaded.net.vision.config.layer_norm_eps == 1e-6
     np.testing.assert_allclose(loaded.score(IMAGES, PROMPTS), m.score(IMAGES, PROMPTS), atol=1e-6)
     with torch.no_grad():  # the mapped ViT computes BLIP's ViT on the published weights
-        pixels = ref_crop_round(IMAGES)
+        pixels = ref_openai(IMAGES)
         ours = loaded.net.vision(pixel_values=pixels).last_hidden_state
         assert torch.allclose(ours, blip_vit_by_hand(state, pixels, heads=2), atol=ATOL)
 
