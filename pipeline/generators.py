@@ -54,11 +54,23 @@ def _image(name: str, family: str, cls: str, model: str, dtype: str, **call: Any
     return GeneratorSpec(name, family, cls, model, "image", dtype, call)
 
 
+# Wan2.1's default negative prompt: `sample_neg_prompt` in Wan-Video/Wan2.1 wan/configs/shared_config.py.
+# Its text2video.py substitutes it whenever the caller's n_prompt is "" (diffusers' WanPipeline would
+# encode "" instead), so every Wan generator passes it unless a config sets its own `negative_prompt`.
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，"
+    "静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+_WAN_CALL_DEFAULTS: dict[str, Any] = {"negative_prompt": WAN_NEGATIVE_PROMPT}
+
+
 def _wan(name: str, model: str, dtype: str, flow_shift: float, **call: Any) -> GeneratorSpec:
-    return GeneratorSpec(name, "wan21", "WanPipeline", model, "video", dtype, call, 16.0, {"flow_shift": flow_shift})
+    return GeneratorSpec(name, "wan21", "WanPipeline", model, "video", dtype, {**_WAN_CALL_DEFAULTS, **call}, 16.0,
+                         {"flow_shift": flow_shift})
 
 
-# Defaults are the ones each model card / the diffusers docs publish.
+# Defaults are the ones each model card / the diffusers docs publish (docs/generators.md names each source).
 REGISTRY: dict[str, GeneratorSpec] = {
     s.name: s
     for s in (
@@ -72,6 +84,7 @@ REGISTRY: dict[str, GeneratorSpec] = {
                height=1024, width=1024, num_inference_steps=50, guidance_scale=3.5, max_sequence_length=512),
         _image("flux-schnell", "flux", "FluxPipeline", "black-forest-labs/FLUX.1-schnell", "bfloat16",
                height=1024, width=1024, num_inference_steps=4, guidance_scale=0.0, max_sequence_length=256),
+        # flow_shift 3.0 (480p) / 5.0 (720p): diffusers' Wan recommendation; Wan's generate.py samples T2V with 5.0.
         _wan("wan21-1.3b", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "bfloat16", 3.0,
              height=480, width=832, num_frames=81, num_inference_steps=50, guidance_scale=5.0),
         _wan("wan21-14b", "Wan-AI/Wan2.1-T2V-14B-Diffusers", "bfloat16", 5.0,
@@ -128,9 +141,10 @@ def resolve_generator(cfg: GeneratorConfig) -> GeneratorSpec:
                 f"generator {cfg.name!r} is not in the registry ({', '.join(REGISTRY)}); "
                 f"a new generator must set {', '.join(missing)} in its config"
             )
+        wan = cfg.pipeline_class == "WanPipeline"
         base = GeneratorSpec(
             cfg.name, _FAMILY_OF_CLASS.get(cfg.pipeline_class, "custom"), cfg.pipeline_class, cfg.model, cfg.modality,
-            fps=16.0 if cfg.pipeline_class == "WanPipeline" else None,
+            call_kwargs=dict(_WAN_CALL_DEFAULTS) if wan else {}, fps=16.0 if wan else None,
         )
     spec = replace(
         base,

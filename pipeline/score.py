@@ -146,12 +146,12 @@ class ScoreStage(ActorStage):
         from PIL import Image
 
         from pipeline.media import MediaStore, decode_image
-        from reward_models.video import read_frames
+        from reward_models.video import read_frames, read_video
 
         try:
             data = MediaStore(self.media_root).read(task["media_path"])
             if task["modality"] == "video":
-                clip = read_frames(data, self.video_frames)
+                clip = read_video(data, self.video_frames) if self.video_metrics else read_frames(data, self.video_frames)
                 return clip, [Image.fromarray(f) for f in clip]
             return decode_image(data)
         except Exception as err:

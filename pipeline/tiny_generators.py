@@ -81,7 +81,7 @@ def _wan21() -> DiffusionPipeline:
         text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
     )
-    # The real Wan2.1 repos ship UniPC in flow mode; flow_shift 3.0 is their 480p setting.
+    # The Wan2.1 Diffusers repos ship UniPC in flow mode; flow_shift 3.0 is diffusers' 480p value (docs/generators.md).
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     return WanPipeline(tokenizer=clip_tokenizer(), text_encoder=_t5_text(umt5=True), vae=vae,
                        scheduler=scheduler, transformer=transformer)

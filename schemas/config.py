@@ -96,7 +96,11 @@ class ScoreGroupConfig(Strict):
 
 class ScoringConfig(Strict):
     reward_models: list[RewardModelConfig] = Field(min_length=1, description="Reward models scoring every candidate.")
-    video_frames: int = Field(4, ge=2, description="Frames sampled per video for the image rewards.")
+    video_frames: int = Field(
+        4, ge=2,
+        description="Frames sampled per video for the image rewards (and subject consistency); the temporal metrics "
+        "read every native frame (docs/video_metrics.md).",
+    )
     resources: ResourceConfig = Field(default_factory=ResourceConfig, description="Score actor pool (all models per actor).")
     groups: list[ScoreGroupConfig] = Field(
         default_factory=list,
@@ -167,7 +171,11 @@ class JudgeConfig(Strict):
     min_position_consistency: float = Field(
         0.0, ge=0, le=1, description="Keep a pair when 1 - |P(A|a,b) - (1 - P(A|b,a))| >= this."
     )
-    video_frames: int = Field(4, ge=1, description="Frames per video shown to the rater.")
+    video_frames: int = Field(
+        4, ge=1,
+        description="Frames per video shown to the rater; a video pair is 2 x video_frames images per query "
+        "(vllm's limit_mm_per_prompt is set to that; a server's --limit-mm-per-prompt must allow it).",
+    )
     image_size: int = Field(448, ge=28, description="Longest side of images / frames given to the rater.")
     resources: ResourceConfig = Field(default_factory=ResourceConfig, description="Rater actor pool.")
 

@@ -14,12 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.generators import REGISTRY, GeneratorSpec, load_pipeline, resolve_generator, run_pipeline
+from pipeline.generators import REGISTRY, WAN_NEGATIVE_PROMPT, GeneratorSpec, load_pipeline, resolve_generator, run_pipeline
 from pipeline.tiny_generators import TINY_FAMILIES, build_tiny
 from schemas.config import GeneratorConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red cube on a table", "a cat surfing a wave"]
+# Transcribed from Wan-Video/Wan2.1 wan/configs/shared_config.py (`wan_shared_cfg.sample_neg_prompt`), which
+# wan/text2video.py uses whenever n_prompt is "".
+WAN21_SAMPLE_NEG_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，丑陋的，"
+    "残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，"
+    "三条腿，背景人很多，倒着走"
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +89,7 @@ def test_resolve_new_generator_from_config_only():
     spec = resolve_generator(cfg)
     assert isinstance(spec, GeneratorSpec)
     assert (spec.family, spec.modality, spec.fps, spec.call_kwargs["num_frames"]) == ("wan21", "video", 16.0, 33)
+    assert spec.call_kwargs["negative_prompt"] == WAN21_SAMPLE_NEG_PROMPT  # any WanPipeline: the authors' default
     other = resolve_generator(
         GeneratorConfig(name="pixart", model="x/y", pipeline_class="PixArtAlphaPipeline", modality="image")
     )
@@ -97,6 +105,50 @@ def test_resolve_errors():
         resolve_generator(GeneratorConfig(name="wan21-1.3b", call_kwargs={"num_frames": 10}))
     with pytest.raises(ValueError, match="run_pipeline"):
         resolve_generator(GeneratorConfig(name="sd15", call_kwargs={"num_images_per_prompt": 2}))
+
+
+def test_wan_default_negative_prompt_is_the_authors():
+    assert WAN_NEGATIVE_PROMPT == WAN21_SAMPLE_NEG_PROMPT
+    for name in ("wan21-1.3b", "wan21-14b", "tiny-wan21"):
+        assert REGISTRY[name].call_kwargs["negative_prompt"] == WAN21_SAMPLE_NEG_PROMPT
+    assert all("negative_prompt" not in s.call_kwargs for s in REGISTRY.values() if s.family != "wan21")
+    # Wan's generate.py defaults (50 steps, guidance 5.0, 81 frames at 16 fps) and diffusers' flow_shift per size
+    assert {k: REGISTRY["wan21-14b"].call_kwargs[k] for k in ("num_frames", "num_inference_steps", "guidance_scale")} == {
+        "num_frames": 81, "num_inference_steps": 50, "guidance_scale": 5.0}
+    assert (REGISTRY["wan21-1.3b"].scheduler_kwargs, REGISTRY["wan21-14b"].scheduler_kwargs) == ({"flow_shift": 3.0}, {"flow_shift": 5.0})
+    # configurable: a config's negative prompt (or "", diffusers' own default) replaces it
+    plain = resolve_generator(GeneratorConfig(name="wan21-1.3b", call_kwargs={"negative_prompt": ""}))
+    assert plain.call_kwargs["negative_prompt"] == ""
+
+
+def test_wan_negative_prompt_reaches_the_unconditional_pass(pipes):
+    """The default negative prompt is what the transformer's unconditional (CFG) pass is conditioned on:
+    its encoder_hidden_states equal the text encoder's embedding of Wan's sample_neg_prompt."""
+    spec, pipe = REGISTRY["tiny-wan21"], pipes["tiny-wan21"]
+    seen: list[torch.Tensor] = []
+
+    def grab(module, args, kwargs):
+        seen.append(kwargs["encoder_hidden_states"].detach().clone())
+
+    hook = pipe.transformer.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        default = run_pipeline(pipe, spec, PROMPTS[:1], [11], {})[0]
+        steps = spec.call_kwargs["num_inference_steps"]
+        assert len(seen) == 2 * steps  # guidance 5.0: a conditional and an unconditional pass per step
+        uncond_default = seen[1::2]
+        seen.clear()
+        empty = run_pipeline(pipe, spec, PROMPTS[:1], [11], {"negative_prompt": ""})[0]
+        uncond_empty = seen[1::2]
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        expected, _ = pipe.encode_prompt(prompt=WAN21_SAMPLE_NEG_PROMPT, do_classifier_free_guidance=False,
+                                         max_sequence_length=spec.call_kwargs["max_sequence_length"])
+        blank, _ = pipe.encode_prompt(prompt="", do_classifier_free_guidance=False,
+                                      max_sequence_length=spec.call_kwargs["max_sequence_length"])
+    assert all(torch.equal(e, expected) for e in uncond_default)
+    assert all(torch.equal(e, blank) for e in uncond_empty) and not torch.equal(expected, blank)
+    assert not np.array_equal(default, empty)  # the negative prompt changes the pixels
 
 
 # --- tiny twins --------------------------------------------------------------------------------

@@ -1,18 +1,27 @@
 """Video metrics: frame sampling through decord on real (lossless x264) mp4 files, and the temporal
 metrics (flicker, motion smoothness, dynamic degree, subject consistency) on synthetic arrays with
-hand-computed values, then through a lossless mp4 read back with `read_frames`."""
+hand-computed values and against VBench's own code transcribed here, then through mp4 files read back
+with `read_frames` / `read_video` (all native frames for the metrics, sampled ones for the rewards)."""
 from __future__ import annotations
+
+import tracemalloc
 
 import av
 import numpy as np
 import pytest
+import torch
 
+import reward_models.video as video
+from pipeline.media import encode_video
 from reward_models.video import (
     DESCRIPTIVE_METRICS,
     VIDEO_METRICS,
+    TemporalMetrics,
     dynamic_degree,
+    dynamic_degree_stride,
     motion_smoothness,
     read_frames,
+    read_video,
     sample_indices,
     subject_consistency,
     temporal_flicker,
@@ -118,20 +127,25 @@ def test_linear_brightness_ramp():
 
 
 def test_motion_smoothness_exact_values():
-    # frames alternating A, B: every middle frame is predicted as the other one -> 1 - mean|A - B| / 255
+    # VBench's structure: odd frames are predicted from their even neighbours, (255 - mean MAE) / 255.
+    # Frames alternating A, B (A at even indices): every odd frame is predicted as A -> mean|B - A|
     a = const(15)
     b = np.array([[[0, 30, 60], [90, 120, 150]], [[180, 210, 240], [255, 0, 15]]], dtype=np.uint8)
     # |B - 15| = 15 15 45 75 105 135 165 195 225 240 15 0, sum 1230 -> mean 102.5 (uint8 would wrap 0 - 15)
-    assert motion_smoothness(np.stack([a, b, a, b, a])) == 1 - 102.5 / 255
-    assert motion_smoothness(np.stack([b, a, b, a])) == 1 - 102.5 / 255
+    assert motion_smoothness(np.stack([a, b, a, b, a])) == (255 - 102.5) / 255
+    # even length: frame 3 has no even successor and is not predicted (VBench's len(interpolate) loop)
+    assert motion_smoothness(np.stack([b, a, b, a])) == (255 - 102.5) / 255
     assert temporal_flicker(np.stack([a, b, a, b, a])) == pytest.approx(1 - 102.5 / 255, abs=1e-12)
     assert motion_smoothness(np.stack([const(0), const(255)] * 3)) == 0.0  # the worst case
-    # half-integer prediction: |10 - (0 + 11) / 2| = 4.5
-    assert motion_smoothness(np.stack([const(0), const(10), const(11)])) == 1 - 4.5 / 255
-    # accelerating brightness 0, 10, 30, 60: errors |10 - 15| and |30 - 35| -> mean 5
-    assert motion_smoothness(np.stack([const(v) for v in (0, 10, 30, 60)])) == 1 - 5 / 255
+    # the prediction is truncated to an integer as VBench's tensor2img truncates to uint8:
+    # floor((0 + 11) / 2) = 5, |10 - 5| = 5
+    assert motion_smoothness(np.stack([const(0), const(10), const(11)])) == (255 - 5) / 255
+    # accelerating brightness 0, 10, 30, 60: only frame 1 is predicted, |10 - 15| = 5
+    assert motion_smoothness(np.stack([const(v) for v in (0, 10, 30, 60)])) == (255 - 5) / 255
+    # even frames are never targets: 0, 0, 90, 0, 0 -> odd frames 1 (pred 45) and 3 (pred 45): MAE 45
+    assert motion_smoothness(np.stack([const(v) for v in (0, 0, 90, 0, 0)])) == (255 - 45) / 255
     # float frames in [0, 255] work the same
-    assert motion_smoothness(np.stack([const(0), const(10), const(11)]).astype(np.float32)) == 1 - 4.5 / 255
+    assert motion_smoothness(np.stack([const(0), const(10), const(11)]).astype(np.float32)) == (255 - 5) / 255
 
 
 def test_dynamic_degree_exact_values():
@@ -193,7 +207,7 @@ def test_video_metrics_keys():
     assert list(out) == list(VIDEO_METRICS)
     assert out == {
         "temporal_flicker": temporal_flicker(clip),
-        "motion_smoothness": 1 - 5 / 255,
+        "motion_smoothness": (255 - 5) / 255,
         "dynamic_degree": 15 / 255,
         "subject_consistency": subject_consistency(np.eye(3)),
     }
@@ -229,3 +243,144 @@ def test_metrics_through_lossless_mp4(tmp_path):
     half = read_frames(str(tmp_path / "moving.mp4"), 5)
     for name, value in video_metrics(half, feats(half)).items():
         assert value == pytest.approx(video_metrics(clip[::2], feats(clip[::2]))[name], abs=1e-3), name
+
+
+# ------------------------------------------------------------------- VBench's own code, transcribed
+def vbench_temporal_flickering(frames) -> float:
+    """Vchitect/VBench vbench/temporal_flickering.py: cal_score -> mae_seq -> calculate_mae, verbatim
+    but for cv2.absdiff(float32, float32), which is |a - b| in float32, and the frame source (VBench
+    reads every frame with cv2.VideoCapture; the channel order does not change a mean)."""
+    def calculate_mae(img1, img2):
+        return np.mean(np.abs(np.array(img1, dtype=np.float32) - np.array(img2, dtype=np.float32)))
+
+    ssds = [calculate_mae(frames[i], frames[i + 1]) for i in range(len(frames) - 1)]
+    return (255.0 - np.mean(np.array(ssds)).item()) / 255.0
+
+
+def vbench_motion_smoothness(frames, interpolate) -> float:
+    """Vchitect/VBench vbench/motion_smoothness.py MotionSmoothness.motion_score + vfi_score, with the
+    AMT network call replaced by `interpolate(in_0, in_1)`; img2tensor / tensor2img as in
+    vbench/third_party/amt/utils/utils.py (x / 255 in float32; (x * 255).clip(0, 255).astype(uint8))."""
+    extract = lambda frame_list, start_from: [frame_list[i] for i in range(start_from, len(frame_list), 2)]
+    img2tensor = lambda img: torch.tensor(img).permute(2, 0, 1).unsqueeze(0) / 255.0
+    tensor2img = lambda t: (t * 255.0).detach().squeeze(0).permute(1, 2, 0).cpu().numpy().clip(0, 255).astype(np.uint8)
+    inputs = [img2tensor(f) for f in extract(list(frames), 0)]
+    outputs = [inputs[0]]
+    for in_0, in_1 in zip(inputs[:-1], inputs[1:]):
+        outputs += [interpolate(in_0, in_1), in_1]
+    outputs = [tensor2img(o) for o in outputs]
+    ori, interp = extract(list(frames), 1), extract(outputs, 1)
+    scores = [np.mean(np.abs(ori[i].astype(np.int16) - interp[i].astype(np.int16))) for i in range(len(interp))]  # cv2.absdiff
+    return (255.0 - np.mean(np.array(scores))) / 255.0
+
+
+def _pan(num_frames: int = 81, height: int = 48, width: int = 64, px: int = 1, seed: int = 0) -> np.ndarray:
+    """A smooth texture sliding `px` px per frame, with a little per-frame noise (uint8)."""
+    y, x = np.mgrid[0:height, 0:width + num_frames * px]
+    tex = np.stack([128 + 100 * np.sin(x / 5.0), 128 + 100 * np.cos(y / 7.0), 128 + 80 * np.sin((x + y) / 9.0)], -1)
+    noise = np.random.default_rng(seed).normal(0, 2.0, (num_frames, height, width, 3))
+    frames = [tex[:, i * px : i * px + width] + noise[i] for i in range(num_frames)]
+    return np.clip(np.round(np.stack(frames)), 0, 255).astype(np.uint8)
+
+
+def test_temporal_flicker_is_vbench_on_all_81_frames(tmp_path):
+    clip = _pan()
+    ref = vbench_temporal_flickering(clip)
+    assert temporal_flicker(clip) == pytest.approx(ref, abs=1e-6)
+    # what the build used to do: the same formula on 4 sampled frames (27 px apart) is another number
+    four = clip[sample_indices(81, 4)]
+    assert temporal_flicker(four) < ref - 0.15
+    # the build's own path: H.264 as `generate` writes it, decoded once by read_video; VBench's formula
+    # on every frame the same decoder returns
+    data = encode_video(clip, fps=16)
+    got = read_video(data, 4)
+    decoded = read_frames(data)
+    assert got.num_total == len(decoded) == 81 and got.fps == 16.0
+    assert got.metrics["temporal_flicker"] == pytest.approx(vbench_temporal_flickering(decoded), abs=1e-6)
+    assert np.array_equal(got.frames, read_frames(data, 4))  # the reward models' frames are unchanged
+
+
+@pytest.mark.parametrize("num_frames", [81, 80, 9, 3])
+def test_motion_smoothness_is_vbench_with_linear_interpolation(num_frames):
+    """The stand-in is VBench's motion smoothness, frame for frame, with AMT replaced by the average
+    of the two even neighbours: exactly equal (float32 (a + b) / 2 * 255 truncates to floor((a+b)/2))."""
+    clip = _pan(num_frames, px=2, seed=num_frames)
+    clip[num_frames // 2] = np.clip(clip[num_frames // 2].astype(int) + 20, 0, 255)  # a flash frame
+    linear = lambda in_0, in_1: in_0 * 0.5 + in_1 * 0.5
+    assert motion_smoothness(clip) == pytest.approx(vbench_motion_smoothness(clip, linear), abs=1e-12)
+
+
+def test_dynamic_degree_reads_vbench_frames():
+    # VBench dynamic_degree.py: interval = max(1, round(fps / 8)) (Python's round: 1.5 -> 2, 2.5 -> 2)
+    assert [dynamic_degree_stride(f) for f in (16, 24, 8, 12, 20, 4, 30)] == [2, 3, 1, 2, 2, 1, 4]
+    assert dynamic_degree_stride(None) == 1 and dynamic_degree_stride(0) == 1
+    clip = _pan(17, px=1)
+    # frames 0, 2, 4, ... (VBench's extract_frame(range(0, len, interval)))
+    assert dynamic_degree(clip, fps=16) == pytest.approx(dynamic_degree(clip[::2]), abs=1e-15)
+    assert dynamic_degree(clip, fps=24) == pytest.approx(dynamic_degree(clip[::3]), abs=1e-15)
+    assert video_metrics(clip, fps=16)["dynamic_degree"] == dynamic_degree(clip, fps=16)
+    grey = np.stack([const(10 + 3 * i, (4, 4, 3)) for i in range(9)])  # +3 per frame, read every 2nd: +6
+    assert dynamic_degree(grey, fps=16) == pytest.approx(6 / 255, abs=1e-15)
+
+
+def test_temporal_metrics_stream_frame_by_frame():
+    clip = _pan(12)
+    acc = TemporalMetrics(fps=16)
+    for frame in clip:
+        acc.add(frame)
+    assert acc.count == 12 and acc.result() == video_metrics(clip, fps=16)
+    with pytest.raises(ValueError, match=r"frame 12 has shape \(8, 8, 3\)"):
+        acc.add(np.zeros((8, 8, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="not temporal metrics"):
+        TemporalMetrics(names=("subject_consistency",))
+
+
+def test_read_video_decoders_agree_and_memory_is_bounded(tmp_path, monkeypatch):
+    clip = _pan(81, height=96, width=128)
+    data = encode_video(clip, fps=16)
+    via_decord = read_video(data, 4)
+    assert via_decord.metrics == video_metrics(read_frames(data), fps=16)
+    # PyAV when decord is absent or refuses the clip (decord 0.6 mis-sizes a few widths)
+    monkeypatch.setattr(video, "_decord_reader", lambda source: None)
+    path = tmp_path / "pan.mp4"
+    path.write_bytes(data)
+    via_av = read_video(str(path), 4)
+    assert (via_av.num_total, via_av.fps) == (81, 16.0)
+    for name, value in via_decord.metrics.items():
+        assert via_av.metrics[name] == pytest.approx(value, abs=2e-3), name  # two YUV -> RGB converters
+    assert np.array_equal(via_av.frames, read_frames(str(path), 4))
+    monkeypatch.undo()
+    # streaming: the peak of Python-side allocations is a few frames whatever the clip's length
+    peaks = {}
+    for n in (21, 81):
+        short = encode_video(clip[:n], fps=16)
+        tracemalloc.start()
+        read_video(short, 4)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[81] < 1.1 * peaks[21] and peaks[81] < clip.nbytes / 2, (peaks, clip.nbytes)
+
+
+def test_score_stage_measures_every_native_frame(tmp_path):
+    """The build's score stage: the reward models get `video_frames` sampled frames, the temporal
+    metrics are VBench's on all 81 native frames of the candidate's mp4."""
+    from pipeline.score import ScoreStage
+    from pipeline.store import write_bytes
+
+    clip = _pan(81)
+    data = encode_video(clip, fps=16)
+    write_bytes(tmp_path / "video" / "c.mp4", data)
+    stage = ScoreStage(media_root=str(tmp_path), video_frames=4, video_metrics=True)
+    stage.loaded = {}  # no CLIP scorer loaded: no subject consistency
+    media = stage._decode({"id": "c", "modality": "video", "media_path": "video/c.mp4"})
+    read, images = media
+    assert len(images) == 4 and [im.size for im in images] == [(64, 48)] * 4
+    metrics = stage._video_metrics(*media)
+    decoded = read_frames(data)
+    assert set(metrics) == {"temporal_flicker", "motion_smoothness", "dynamic_degree"}
+    assert metrics["temporal_flicker"] == pytest.approx(vbench_temporal_flickering(decoded), abs=1e-6)
+    assert metrics == video_metrics(decoded, fps=16)
+    # a pool without the metrics decodes only the sampled frames
+    other = ScoreStage(media_root=str(tmp_path), video_frames=4, video_metrics=False)
+    frames, images = other._decode({"id": "c", "modality": "video", "media_path": "video/c.mp4"})
+    assert isinstance(frames, np.ndarray) and np.array_equal(frames, read.frames)

@@ -218,17 +218,25 @@ def test_tiny_rater_is_deterministic_and_cached(tmp_path, tiny_folder):
 
 
 # ------------------------------------------------------------------------- the vllm backend's plumbing
-def test_vllm_backend_with_a_stand_in_engine(monkeypatch, tiny_folder):
-    """vllm needs a GPU; a stand-in `vllm` module checks what the backend sends and how it parses."""
-    calls = {}
+class _Logprob:
+    def __init__(self, logprob, decoded_token=None):
+        self.logprob, self.decoded_token = logprob, decoded_token
 
-    class Logprob:
-        def __init__(self, logprob, decoded_token=None):
-            self.logprob, self.decoded_token = logprob, decoded_token
 
-    class SamplingParams:
-        def __init__(self, **kw):
-            calls["params"] = kw
+def _fake_vllm(calls: dict, exact: bool, answers=None):
+    """A stand-in `vllm` module recording what the backend builds (the engine needs a GPU).
+
+    exact=True: a release with `SamplingParams.logprob_token_ids` (vllm-project/vllm#34539), whose
+    result position holds exactly the requested ids plus the sampled token. exact=False: an older
+    release whose SamplingParams has no such keyword (TypeError, as msgspec raises) and returns top-k."""
+    if exact:
+        class SamplingParams:
+            def __init__(self, **kw):
+                calls["params"] = kw
+    else:
+        class SamplingParams:  # the keywords of a release before logprob_token_ids
+            def __init__(self, *, max_tokens=16, temperature=1.0, logprobs=None):
+                calls["params"] = {"max_tokens": max_tokens, "temperature": temperature, "logprobs": logprobs}
 
     class LLM:
         def __init__(self, **kw):
@@ -237,22 +245,62 @@ def test_vllm_backend_with_a_stand_in_engine(monkeypatch, tiny_folder):
         def generate(self, requests, params, use_tqdm=True):
             calls["requests"] = requests
             outs = []
-            for i, _ in enumerate(requests):  # ids 65 = "A", 66 = "B"; 67 ("C") is noise
-                top = {65: Logprob(ln(0.6)), 66: Logprob(ln(0.2)), 67: Logprob(ln(0.1))} if i % 2 == 0 else {66: Logprob(-0.1), 67: Logprob(-3.0)}
+            for i, _ in enumerate(requests):
+                top = answers[i % len(answers)]
                 outs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(logprobs=[top])]))
             return outs
 
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
-    rater = VLMRater.from_config(JudgeConfig(backend="vllm", model="tiny", dtype="bfloat16", image_size=56, video_frames=3), tiny_folder)
-    assert rater.name == "vllm:tiny"
-    assert calls["params"] == {"max_tokens": 1, "logprobs": 20, "temperature": 0.0}
-    assert calls["engine"]["model"] == tiny_folder and calls["engine"]["limit_mm_per_prompt"] == {"image": 6}
+    return types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams)
+
+
+def test_vllm_backend_asks_for_exactly_the_label_ids(monkeypatch, tiny_folder):
+    calls = {}
+    # ids 65 = "A", 66 = "B" (the tiny rater's explicit vocabulary); 67 is the sampled token of the 2nd query.
+    # With logprob_token_ids both labels are always there, whatever their rank (here far below any top-20).
+    answers = [{65: _Logprob(ln(0.6)), 66: _Logprob(ln(0.2))}, {65: _Logprob(-40.0), 66: _Logprob(-38.0), 67: _Logprob(-0.01)}]
+    monkeypatch.setitem(sys.modules, "vllm", _fake_vllm(calls, exact=True, answers=answers))
+    cfg = JudgeConfig(backend="vllm", model="tiny", dtype="bfloat16", image_size=56, video_frames=3)
+    rater = VLMRater.from_config(cfg, tiny_folder)
+    assert rater.name == "vllm:tiny" and rater.backend.exact
+    assert calls["params"] == {"max_tokens": 1, "temperature": 0.0, "logprob_token_ids": [65, 66]}  # no logprobs=k
+    engine = calls["engine"]
+    assert engine["model"] == tiny_folder and engine["dtype"] == "bfloat16"
+    assert engine["limit_mm_per_prompt"] == {"image": 6}  # 2 x video_frames
     [j] = rater.rate([PairQuery("p", "a cat", "aesthetics", [_image(0)], [_image(1)])])
-    assert (j.p_ab, j.p_ba) == (pytest.approx(0.75), 0.0)  # B only in the second order -> P(A) = 0
-    assert j.p_first == pytest.approx(0.875) and j.position_consistency == pytest.approx(0.75)
+    assert j.p_ab == pytest.approx(0.75) and j.p_ba == pytest.approx(1 / (1 + math.exp(2.0)), abs=1e-12)
     req = calls["requests"][0]
     assert req["prompt"].count("<|image_pad|>") == 2 and req["prompt"].endswith("<|im_start|>assistant\n")
     assert [im.size for im in req["multi_modal_data"]["image"]] == [(56, 42), (56, 42)]
+    # an answer without a requested id is an engine fault, not a model that did not answer
+    rater.backend.llm = _fake_vllm(calls, exact=True, answers=[{65: _Logprob(-0.1)}]).LLM()
+    with pytest.raises(RuntimeError, match=r"label token ids \[66\]"):
+        rater.rate([PairQuery("p", "a cat", "aesthetics", [_image(0)], [_image(1)])])
+
+
+def test_vllm_backend_falls_back_to_top_k_on_older_vllm(monkeypatch, tiny_folder):
+    calls = {}
+    answers = [{65: _Logprob(ln(0.6)), 66: _Logprob(ln(0.2)), 67: _Logprob(ln(0.1))}, {66: _Logprob(-0.1), 67: _Logprob(-3.0)}]
+    monkeypatch.setitem(sys.modules, "vllm", _fake_vllm(calls, exact=False, answers=answers))
+    rater = VLMRater.from_config(JudgeConfig(backend="vllm", model="tiny", image_size=56), tiny_folder)
+    assert not rater.backend.exact
+    assert calls["params"] == {"max_tokens": 1, "temperature": 0.0, "logprobs": 20}
+    assert calls["engine"]["max_logprobs"] == 20
+    [j] = rater.rate([PairQuery("p", "a cat", "aesthetics", [_image(0)], [_image(1)])])
+    assert (j.p_ab, j.p_ba) == (pytest.approx(0.75), 0.0)  # A outside the top-k of the second order -> P(A) = 0
+    assert j.p_first == pytest.approx(0.875) and j.position_consistency == pytest.approx(0.75)
+
+
+def test_vllm_video_judge_image_limit_follows_video_frames(monkeypatch, tiny_folder):
+    """An 8-frame video judge shows 16 images per query: the engine's limit is derived from the config."""
+    calls = {}
+    monkeypatch.setitem(sys.modules, "vllm", _fake_vllm(calls, exact=True, answers=[{65: _Logprob(-0.5), 66: _Logprob(-1.0)}]))
+    rater = VLMRater.from_config(JudgeConfig(backend="vllm", model="tiny", image_size=56, video_frames=8), tiny_folder)
+    assert calls["engine"]["limit_mm_per_prompt"] == {"image": 16}
+    frames = lambda seed: [_image(seed + i, 32, 32) for i in range(8)]
+    [j] = rater.rate([PairQuery("v", "a ball bouncing", "motion_quality", frames(0), frames(10))])
+    assert len(calls["requests"][0]["multi_modal_data"]["image"]) == 16 and j.p_first == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"18 images.*limit_mm_per_prompt=\{'image': 16\}.*2 x judge.video_frames"):
+        rater.rate([PairQuery("v", "a ball bouncing", "motion_quality", frames(0) + [_image(99)], frames(10) + [_image(98)])])
 
 
 def test_vllm_backend_without_vllm_says_how_to_install(monkeypatch, tiny_folder):
@@ -273,10 +321,19 @@ class _Canned(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         srv = self.server
+        if self.path == "/tokenize":  # vLLM's tokenizer endpoint, at the server root; 404 when the server has none
+            with srv.lock:
+                srv.tokenized.append(body)
+            known = srv.vocab is not None and body.get("prompt") in srv.vocab
+            self._reply(200 if known else 404, {"count": 1, "tokens": srv.vocab[body["prompt"]]} if known else {"detail": "Not Found"})
+            return
         with srv.lock:
             srv.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
             status, payload, delay = srv.script.pop(0) if srv.script else (500, {"error": "script exhausted"}, 0)
         time.sleep(delay)
+        self._reply(status, payload)
+
+    def _reply(self, status, payload):
         data = json.dumps(payload).encode()
         try:
             self.send_response(status)
@@ -295,7 +352,7 @@ class _Canned(BaseHTTPRequestHandler):
 def canned_server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
     srv.daemon_threads = True
-    srv.lock, srv.seen, srv.script = threading.Lock(), [], []
+    srv.lock, srv.seen, srv.script, srv.tokenized, srv.vocab = threading.Lock(), [], [], [], None
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
@@ -333,6 +390,9 @@ def test_openai_backend_request_parse_and_retry(canned_server, monkeypatch):
     body = req["body"]
     assert {k: body[k] for k in ("model", "max_tokens", "logprobs", "top_logprobs", "temperature")} == {
         "model": "qwen-vl", "max_tokens": 1, "logprobs": True, "top_logprobs": 20, "temperature": 0}
+    # no /tokenize on this server (not vLLM): plain top-k, matched by token text
+    assert "logprob_token_ids" not in body and "return_tokens_as_token_ids" not in body
+    assert [t["prompt"] for t in canned_server.tokenized] == ["A"]  # asked once, gave up at the 404
     [msg] = body["messages"]
     urls = [c["image_url"]["url"] for c in msg["content"] if c["type"] == "image_url"]
     assert len(urls) == 2 and all(u.startswith("data:image/png;base64,") for u in urls)
@@ -343,6 +403,48 @@ def test_openai_backend_request_parse_and_retry(canned_server, monkeypatch):
     # the swapped order shows image b first
     urls_swapped = [c["image_url"]["url"] for c in seen[2]["body"]["messages"][0]["content"] if c["type"] == "image_url"]
     assert urls_swapped == urls[::-1]
+
+
+def _completion_by_id(top: list[tuple[int, float]]) -> dict:
+    """A vLLM chat completion with return_tokens_as_token_ids: tokens spelled token_id:<id>."""
+    return _completion([(f"token_id:{i}", lp) for i, lp in top])
+
+
+def test_openai_backend_asks_a_vllm_server_for_exactly_the_label_ids(canned_server):
+    # the server's tokenizer: two single-token spellings per label ("A" / " A", "B" / " B")
+    canned_server.vocab = {"A": [32], " A": [362], "B": [33], " B": [425]}
+    canned_server.script = [
+        (200, _completion_by_id([(32, ln(0.6)), (362, ln(0.1)), (33, ln(0.2)), (425, -9999.0)]), 0),  # vLLM clamps at -9999
+        (200, _completion_by_id([(151645, -0.01), (32, -30.0), (362, -9999.0), (33, -29.0), (425, -9999.0)]), 0),
+    ]
+    cfg = JudgeConfig(backend="openai", model="qwen-vl", base_url=_url(canned_server), max_retries=0, image_size=40)
+    rater = VLMRater.from_config(cfg, cfg.model)
+    rater.backend.concurrency = 1
+    [j] = rater.rate([PairQuery("p", "a cat", "aesthetics", [_image(0)], [_image(1)])])
+    assert [t["prompt"] for t in canned_server.tokenized] == ["A", " A", "B", " B"]  # once, not per request
+    assert all(t == {"model": "qwen-vl", "prompt": t["prompt"], "add_special_tokens": False} for t in canned_server.tokenized)
+    assert rater.backend.label_ids == {"A": [32, 362], "B": [33, 425]}
+    for seen in canned_server.seen:
+        body = seen["body"]
+        assert body["logprob_token_ids"] == [32, 33, 362, 425] and body["return_tokens_as_token_ids"] is True
+        assert body["logprobs"] is True  # vLLM requires logprobs=true with logprob_token_ids
+    assert j.p_ab == pytest.approx(0.7 / 0.9, abs=1e-12)
+    # the second answer's labels rank far below the sampled token: still read, by id
+    assert j.p_ba == pytest.approx(1 / (1 + math.exp(1.0)), abs=1e-12)
+
+
+def test_openai_backend_names_the_multimodal_limit(canned_server):
+    limit = {"error": {"message": "At most 8 image(s) may be provided in one prompt. Set `--limit-mm-per-prompt` to "
+                                  "increase this limit.", "type": "BadRequestError", "param": "image", "code": 400}}
+    canned_server.script = [(400, limit, 0)]
+    cfg = JudgeConfig(backend="openai", model="m", base_url=_url(canned_server), video_frames=8, max_retries=3)
+    rater = VLMRater.from_config(cfg, cfg.model)
+    rater.backend.concurrency = 1  # the first query's refusal ends the call
+    frames = [_image(i, 32, 32) for i in range(8)]
+    with pytest.raises(RaterRequestError, match=r"HTTP 400.*At most 8 image.*16 images per query.*--limit-mm-per-prompt "
+                                                 r"'\{\"image\": 16\}'"):
+        rater.rate([PairQuery("v", "a ball", "motion_quality", frames, frames)])
+    assert len(canned_server.seen) == 1  # a 400: not retried
 
 
 def test_openai_backend_errors(canned_server):

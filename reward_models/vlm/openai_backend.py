@@ -3,8 +3,18 @@
 Each query is one POST to `{base_url}/chat/completions` with the user turn as content parts (text and
 base64 PNG `image_url`s) and `max_tokens=1, logprobs=true, top_logprobs=k, temperature=0`; the answer
 is read from `choices[0].logprobs.content[0].top_logprobs`. Plain `urllib` (no `openai` package).
+
+With a vLLM server the label token ids are asked for exactly, so a label cannot fall outside the
+top k: once per backend, the labels are tokenized by the server's own `POST /tokenize` (at the
+server root, next to `/v1`), and every request adds `logprob_token_ids` (vLLM's chat field: when set
+it replaces the top-k selection, the response lists those ids plus the sampled token) and
+`return_tokens_as_token_ids` (tokens come back as `token_id:<id>`, matched by id). A server without
+`/tokenize` (not vLLM) gets plain top-k requests, matched by token text; a vLLM too old for
+`logprob_token_ids` ignores the unknown field and answers top-k, read by id.
+
 Requests are retried on connection errors, timeouts, 429 and 5xx with exponential backoff; other
-HTTP errors fail at once with the server's message.
+HTTP errors fail at once with the server's message (with the fix named when it is vLLM's
+multimodal limit).
 """
 from __future__ import annotations
 
@@ -17,7 +27,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from reward_models.vlm.prompting import Part, label_logprobs_from_top, openai_messages
+from reward_models.vlm.prompting import (
+    Part,
+    label_logprobs_from_ids,
+    label_logprobs_from_top,
+    label_token_ids,
+    openai_messages,
+)
 
 
 class RaterRequestError(RuntimeError):
@@ -25,6 +41,19 @@ class RaterRequestError(RuntimeError):
 
 
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+_TOKEN_ID = "token_id:"  # vLLM's format_token_id_placeholder, with return_tokens_as_token_ids
+_MM_LIMIT = "may be provided in one prompt"  # vLLM's "At most N image(s) may be provided in one prompt."
+
+
+class _ServerTokenizer:
+    """`encode` through the server's `POST /tokenize` (vLLM), for `label_token_ids`."""
+
+    def __init__(self, backend: OpenAIBackend):
+        self.backend = backend
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        body = {"model": self.backend.model, "prompt": text, "add_special_tokens": add_special_tokens}
+        return [int(t) for t in self.backend.post(body, self.backend.tokenize_url, retries=0)["tokens"]]
 
 
 class OpenAIBackend:
@@ -39,8 +68,12 @@ class OpenAIBackend:
         concurrency: int = 4,
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
+        max_images: int = 2,
+        exact_labels: bool = True,
     ):
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        root = base_url.rstrip("/")
+        self.url = root + "/chat/completions"
+        self.tokenize_url = root.removesuffix("/v1") + "/tokenize"
         self.model = model
         self.api_key = api_key
         self.timeout_s = float(timeout_s)
@@ -49,9 +82,25 @@ class OpenAIBackend:
         self.concurrency = max(1, int(concurrency))
         self.backoff_s = float(backoff_s)
         self.max_backoff_s = float(max_backoff_s)
+        self.max_images = int(max_images)  # 2 x judge.video_frames: what the server's multimodal limit must allow
+        self.exact_labels = bool(exact_labels)
+        self.label_ids: dict[str, list[int]] | None = None  # from the server's /tokenize, on first use
+        self._resolved = False
+
+    def resolve_label_ids(self) -> dict[str, list[int]] | None:
+        """The label token ids by the server's tokenizer (once); None when the server has no
+        `/tokenize` (or `exact_labels` is off): requests are then top-k, matched by token text."""
+        if not self._resolved:
+            self._resolved = True
+            if self.exact_labels:
+                try:
+                    self.label_ids = label_token_ids(_ServerTokenizer(self))
+                except (RaterRequestError, KeyError, TypeError, ValueError):
+                    self.label_ids = None
+        return self.label_ids
 
     def request_body(self, parts: Sequence[Part]) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": openai_messages(parts),
             "max_tokens": 1,
@@ -59,30 +108,42 @@ class OpenAIBackend:
             "logprobs": True,
             "top_logprobs": self.top_logprobs,
         }
+        if self.label_ids:
+            body["logprob_token_ids"] = sorted(i for ids in self.label_ids.values() for i in ids)
+            body["return_tokens_as_token_ids"] = True
+        return body
 
-    def _post_once(self, data: bytes) -> dict:
+    def _post_once(self, data: bytes, url: str) -> dict:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        req = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+        req = urllib.request.Request(url, data=data, headers=headers, method="POST")
         with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
             return json.loads(resp.read().decode("utf-8"))
 
-    def post(self, body: dict[str, Any]) -> dict:
+    def _refusal(self, url: str, last: str) -> RaterRequestError:
+        hint = ""
+        if _MM_LIMIT in last:
+            hint = (f" -- a video pair is {self.max_images} images per query (2 x judge.video_frames): start the server "
+                    f"with --limit-mm-per-prompt '{{\"image\": {self.max_images}}}' or lower judge.video_frames")
+        return RaterRequestError(f"openai backend: POST {url} failed: {last}{hint}")
+
+    def post(self, body: dict[str, Any], url: str | None = None, retries: int | None = None) -> dict:
         """POST with retries; raises `RaterRequestError` naming the URL and the last failure."""
+        url = url or self.url
         data = json.dumps(body).encode("utf-8")
-        attempts = self.max_retries + 1
+        attempts = (self.max_retries if retries is None else retries) + 1
         last = ""
         for attempt in range(attempts):
             if attempt:
                 time.sleep(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
             try:
-                return self._post_once(data)
+                return self._post_once(data, url)
             except urllib.error.HTTPError as err:
                 detail = err.read().decode("utf-8", "replace")[:500]
                 last = f"HTTP {err.code}: {detail}"
                 if err.code not in _RETRY_STATUS:
-                    raise RaterRequestError(f"openai backend: POST {self.url} failed: {last}") from None
+                    raise self._refusal(url, last) from None
             except TimeoutError:
                 last = f"timed out after {self.timeout_s:g} s"
             except urllib.error.URLError as err:
@@ -93,12 +154,12 @@ class OpenAIBackend:
             except (ConnectionError, json.JSONDecodeError) as err:
                 last = f"{type(err).__name__}: {err}"
         raise RaterRequestError(
-            f"openai backend: POST {self.url} failed after {attempts} attempt{'s' * (attempts > 1)}: {last}"
+            f"openai backend: POST {url} failed after {attempts} attempt{'s' * (attempts > 1)}: {last}"
         )
 
-    @staticmethod
-    def parse(response: dict) -> tuple[float, float]:
-        """(lA, lB) from a chat-completions response with first-token logprobs."""
+    def parse(self, response: dict) -> tuple[float, float]:
+        """(lA, lB) from a chat-completions response with first-token logprobs: by token id where the
+        server wrote `token_id:<id>` tokens and the label ids are known, else by token text."""
         try:
             first = response["choices"][0]["logprobs"]["content"][0]
         except (KeyError, IndexError, TypeError):
@@ -109,9 +170,14 @@ class OpenAIBackend:
         top = {t["token"]: t["logprob"] for t in first.get("top_logprobs") or []}
         if "token" in first and first["token"] not in top:
             top[first["token"]] = first["logprob"]
+        by_id = {int(t[len(_TOKEN_ID):]): lp for t, lp in top.items() if t.startswith(_TOKEN_ID) and t[len(_TOKEN_ID):].isdigit()}
+        if self.label_ids and by_id and len(by_id) == len(top):
+            return label_logprobs_from_ids(by_id, self.label_ids)
         return label_logprobs_from_top(top)
 
     def label_logprobs(self, queries: Sequence[list[Part]]) -> list[tuple[float, float]]:
+        self.resolve_label_ids()  # before the threads: one /tokenize round, shared
+
         def one(parts: list[Part]) -> tuple[float, float]:
             return self.parse(self.post(self.request_body(parts)))
 

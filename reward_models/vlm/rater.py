@@ -11,6 +11,12 @@ if TYPE_CHECKING:
     from schemas.config import JudgeConfig
 
 
+def images_per_query(cfg: JudgeConfig) -> int:
+    """Images in one pairwise query at most: two videos of `video_frames` frames (an image pair is 2).
+    vLLM's `limit_mm_per_prompt={"image": ...}` must allow it (8 frames per video: 16)."""
+    return 2 * cfg.video_frames
+
+
 class LabelBackend(Protocol):
     """Anything that turns user turns into the first generated token's (lA, lB) log-probabilities."""
 
@@ -48,7 +54,7 @@ class VLMRater:
         elif cfg.backend == "vllm":
             from reward_models.vlm.vllm_backend import VLLMBackend
 
-            backend = VLLMBackend(model_path, dtype=cfg.dtype, max_images=2 * max(1, cfg.video_frames))
+            backend = VLLMBackend(model_path, dtype=cfg.dtype, max_images=images_per_query(cfg))
         elif cfg.backend == "openai":
             from reward_models.vlm.openai_backend import OpenAIBackend
 
@@ -60,6 +66,7 @@ class VLMRater:
                 api_key=os.environ.get(cfg.api_key_env),
                 timeout_s=cfg.timeout_s,
                 max_retries=cfg.max_retries,
+                max_images=images_per_query(cfg),
             )
         else:  # pragma: no cover - JudgeConfig's Literal already refuses this
             raise ValueError(f"unknown VLM backend {cfg.backend!r}")

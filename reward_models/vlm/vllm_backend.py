@@ -2,10 +2,16 @@
 
 The prompt is the model's own chat template applied by its processor (exactly the text the
 transformers backend builds), the pixels go in `multi_modal_data={"image": [...]}` in the same order
-as the `<|image_pad|>` placeholders. `SamplingParams(max_tokens=1, logprobs=k, temperature=0)`
-returns, for the one generated position, a dict {token id: Logprob} of the top-k tokens (plus the
-sampled one). vLLM reports log-probabilities of the raw model distribution, before any sampling mask
-or penalty, so only the two labels' values are used and renormalised (prompting.two_label_probability).
+as the `<|image_pad|>` placeholders.
+
+The answer is read at the one generated position. vLLM releases with
+`SamplingParams.logprob_token_ids` (vllm-project/vllm#34539) are asked for exactly the label token
+ids, `SamplingParams(max_tokens=1, temperature=0, logprob_token_ids=[...])`: the result holds those
+ids (plus the sampled token) whatever their rank, so a label cannot be missing. Older releases
+refuse the keyword (TypeError) and get `logprobs=k` instead, the top-k tokens, where a label outside
+the top k reads as -inf. Either way vLLM reports log-probabilities of the raw model distribution,
+before any sampling mask or penalty, so only the two labels' values are used and renormalised
+(prompting.two_label_probability).
 
 vllm is the `[gpu]` extra: it is imported here, lazily, and nowhere else.
 """
@@ -21,6 +27,16 @@ def _logprob_dict(position: Any) -> dict[int, float]:
     """{token id: logprob} of one generated position (a dict of `Logprob`s, or vLLM's flat form)."""
     items = position.items() if hasattr(position, "items") else position
     return {int(tok): float(getattr(lp, "logprob", lp)) for tok, lp in items}
+
+
+def sampling_params(sampling_params_cls: Any, label_ids: Sequence[int], top_logprobs: int) -> tuple[Any, bool]:
+    """(SamplingParams, exact): the label ids asked for by id where this vLLM has `logprob_token_ids`
+    (then `logprobs` stays unset: vLLM requires it to equal the id count when both are given), top-k
+    logprobs otherwise."""
+    try:
+        return sampling_params_cls(max_tokens=1, temperature=0.0, logprob_token_ids=sorted(label_ids)), True
+    except TypeError:  # msgspec's "Unexpected keyword argument 'logprob_token_ids'": a release before #34539
+        return sampling_params_cls(max_tokens=1, temperature=0.0, logprobs=top_logprobs), False
 
 
 class VLLMBackend:
@@ -43,25 +59,35 @@ class VLLMBackend:
 
         self.processor = AutoProcessor.from_pretrained(model_path)
         self.label_ids = label_token_ids(self.processor.tokenizer)
+        self.max_images = int(max_images)
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
             seed=seed,
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,
-            limit_mm_per_prompt={"image": max_images},
+            limit_mm_per_prompt={"image": self.max_images},
             max_logprobs=max(top_logprobs, 20),
             **engine_kwargs,
         )
-        self.params = SamplingParams(max_tokens=1, logprobs=top_logprobs, temperature=0.0)
+        wanted = [i for ids in self.label_ids.values() for i in ids]
+        self.params, self.exact = sampling_params(SamplingParams, wanted, top_logprobs)
 
     def prompt_text(self, parts: Sequence[Part]) -> str:
         return self.processor.apply_chat_template(chat_messages(parts), tokenize=False, add_generation_prompt=True)
 
     def requests(self, queries: Sequence[list[Part]]) -> list[dict]:
-        return [
-            {"prompt": self.prompt_text(q), "multi_modal_data": {"image": images_of(q)}} for q in queries
-        ]
+        out = []
+        for q in queries:
+            images = images_of(q)
+            if len(images) > self.max_images:
+                raise ValueError(
+                    f"vllm backend: a query holds {len(images)} images but the engine allows "
+                    f"limit_mm_per_prompt={{'image': {self.max_images}}}, which the rater sets to 2 x judge.video_frames; "
+                    "the frames shown per video must not exceed judge.video_frames"
+                )
+            out.append({"prompt": self.prompt_text(q), "multi_modal_data": {"image": images}})
+        return out
 
     def label_logprobs(self, queries: Sequence[list[Part]]) -> list[tuple[float, float]]:
         outputs = self.llm.generate(self.requests(queries), self.params, use_tqdm=False)
@@ -70,5 +96,10 @@ class VLLMBackend:
             logprobs = out.outputs[0].logprobs
             if not logprobs:
                 raise RuntimeError("vllm returned no logprobs for the first generated token")
-            result.append(label_logprobs_from_ids(_logprob_dict(logprobs[0]), self.label_ids))
+            position = _logprob_dict(logprobs[0])
+            if self.exact:
+                missing = sorted(i for ids in self.label_ids.values() for i in ids if i not in position)
+                if missing:
+                    raise RuntimeError(f"vllm returned no logprob for the label token ids {missing} asked for by logprob_token_ids")
+            result.append(label_logprobs_from_ids(position, self.label_ids))
         return result
