@@ -526,3 +526,16 @@ def test_judge_keeps():
         {"pair_id": "g", "kept": False, "drop_reason": "corrupt_media"},  # a reason wins over any probability
     ]
     assert judge_keeps(table.slice(0, 0), JudgeConfig()).num_rows == 0
+
+
+def test_openai_backend_caps_the_response_body(canned_server, monkeypatch):
+    """A server (or something pretending to be one) that answers with a huge body is refused after the cap,
+    never read whole."""
+    from reward_models.vlm import openai_backend
+
+    monkeypatch.setattr(openai_backend, "MAX_RESPONSE_BYTES", 4096)
+    parts = build_parts("p", "aesthetics", [_image(0)], [_image(1)], 32)
+    canned_server.script = [(200, {"pad": "x" * 10_000}, 0)]
+    backend = OpenAIBackend(_url(canned_server), "m", max_retries=0)
+    with pytest.raises(RaterRequestError, match=r"^openai backend: POST .*/chat/completions: response larger than 4,096 bytes$"):
+        backend.label_logprobs([parts])

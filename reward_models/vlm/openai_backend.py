@@ -35,6 +35,8 @@ from reward_models.vlm.prompting import (
     openai_messages,
 )
 
+MAX_RESPONSE_BYTES = 8 * 2**20
+
 
 class RaterRequestError(RuntimeError):
     """A request to the rater's server failed for good (after its retries) or was answered badly."""
@@ -119,7 +121,13 @@ class OpenAIBackend:
             headers["Authorization"] = f"Bearer {self.api_key}"
         req = urllib.request.Request(url, data=data, headers=headers, method="POST")
         with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-            return json.loads(resp.read().decode("utf-8"))
+            body = resp.read(MAX_RESPONSE_BYTES + 1)  # a one-token answer is a few KB: never read without a cap
+        if len(body) > MAX_RESPONSE_BYTES:
+            raise RaterRequestError(f"openai backend: POST {url}: response larger than {MAX_RESPONSE_BYTES:,} bytes")
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, RecursionError) as err:
+            raise RaterRequestError(f"openai backend: POST {url}: unreadable response ({type(err).__name__})") from None
 
     def _refusal(self, url: str, last: str) -> RaterRequestError:
         hint = ""
@@ -140,7 +148,7 @@ class OpenAIBackend:
             try:
                 return self._post_once(data, url)
             except urllib.error.HTTPError as err:
-                detail = err.read().decode("utf-8", "replace")[:500]
+                detail = err.read(4096).decode("utf-8", "replace")[:500]
                 last = f"HTTP {err.code}: {detail}"
                 if err.code not in _RETRY_STATUS:
                     raise self._refusal(url, last) from None
