@@ -18,8 +18,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from schemas.errors import VipoError
 
-class CheckpointKeyError(ValueError):
+
+class CheckpointKeyError(VipoError, ValueError):
     """A checkpoint whose keys do not match the model it is loaded into."""
 
 

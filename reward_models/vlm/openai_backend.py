@@ -34,11 +34,12 @@ from reward_models.vlm.prompting import (
     label_token_ids,
     openai_messages,
 )
+from schemas.errors import VipoError
 
 MAX_RESPONSE_BYTES = 8 * 2**20
 
 
-class RaterRequestError(RuntimeError):
+class RaterRequestError(VipoError, RuntimeError):
     """A request to the rater's server failed for good (after its retries) or was answered badly."""
 
 
