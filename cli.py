@@ -2,22 +2,89 @@
 from __future__ import annotations
 
 import sys
+from importlib.resources import files
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
-DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build, verify and inspect visual preference datasets.")
+def preset(name: str) -> Path:
+    """A bundled preset: the checkout's `configs/NAME` when run from a checkout, else the copy a wheel or
+    `pip install .` ships as package data (`configs/` is installed as the package `vipo_configs`)."""
+    checkout = Path(__file__).resolve().parent / "configs" / name
+    if checkout.is_file():
+        return checkout
+    try:
+        return Path(str(files("vipo_configs") / name))
+    except ModuleNotFoundError:  # neither a checkout nor an install: the checkout path, for the error message
+        return checkout
+
+
+DEMO_CONFIG = preset("demo.yaml")
+
 console = Console(stderr=True)
+_debug = False
+
+
+class _Guarded(TyperGroup):
+    """Every command behind one error boundary (docs/reliability.md, "Errors"): an expected failure is
+    `error: <file or key>: <what is wrong>` and exit code 2; a bug, a short traceback, the path of the
+    full one, and exit code 3; `--debug` shows the full traceback of both."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            console.print("interrupted: finished work is kept; run the same command again to resume", highlight=False)
+            raise typer.Exit(130) from None
+        except Exception as err:
+            raise typer.Exit(_report(err)) from None
+
+
+def _report(err: BaseException) -> int:
+    import traceback
+
+    from pipeline.boundary import describe, short_traceback, write_crash_log
+
+    failure = describe(err)
+    if _debug:
+        console.print("".join(traceback.format_exception(err)), markup=False, highlight=False)
+    elif not failure.expected:
+        console.print(short_traceback(err), markup=False, highlight=False)
+    _error_line(failure.message)
+    if not failure.expected:
+        log = write_crash_log(err, sys.argv[1] if len(sys.argv) > 1 else "vipo")
+        console.print(f"this is a bug in vipo; the full traceback is in {log}" if log else "this is a bug in vipo",
+                      markup=False, highlight=False)
+    return failure.exit_code
+
+
+def _error_line(message: str) -> None:
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _error_line(message)
     raise typer.Exit(code)
+
+
+app = typer.Typer(cls=_Guarded, add_completion=False, no_args_is_help=True, help="Build, verify and inspect visual preference datasets.")
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(False, "--debug", envvar="VIPO_DEBUG", help="Show the full traceback of any failure."),
+) -> None:
+    global _debug
+    _debug = debug
 
 
 def _on_cluster(cfg, address: str):
@@ -43,7 +110,7 @@ class RichReporter:
         if self.task is not None:
             self.progress.update(self.task, completed=self.progress.tasks[self.task].total, visible=False)
             self.task = None
-        self.progress.console.print(summary.line(), highlight=False, soft_wrap=True)
+        self.progress.console.print(escape(summary.line()), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -52,29 +119,20 @@ def build(
     out: Path | None = typer.Option(None, "--out", "-o", help="Build folder; overrides the config's output_dir."),
     stages: str | None = typer.Option(None, help="Comma-separated stages to (re)run, e.g. score,pair,select."),
     ray_address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help="Join this Ray cluster."),
+    skip_space_check: bool = typer.Option(False, help="Start even if the disk looks too small for the build."),
 ) -> None:
     """Build a preference dataset: prompts -> generate -> score -> pair -> judge -> select -> write."""
-    from pipeline.build import Build, StageInputError, parse_stages
-    from pipeline.errors import StageFailed
-    from pipeline.ray_runtime import ResourceError
-    from schemas.config import ConfigError, load_config
+    from pipeline.build import Build, parse_stages
+    from schemas.config import load_config
 
-    overrides = {}
-    if out is not None:
-        overrides["output_dir"] = str(out)
-    try:
-        cfg = load_config(config, overrides)
-        if ray_address:
-            cfg = _on_cluster(cfg, ray_address)
-        wanted = parse_stages(stages)
-    except (ConfigError, ValueError) as err:
-        _fail(str(err))
+    cfg = load_config(config, {"output_dir": str(out)} if out is not None else None)
+    if ray_address:
+        cfg = _on_cluster(cfg, ray_address)
+    wanted = parse_stages(stages)
     columns = (TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        try:
-            result = Build(cfg, reporter=RichReporter(progress), source=str(config)).run(wanted)
-        except (ConfigError, StageInputError, StageFailed, ResourceError) as err:
-            _fail(str(err))
+        build = Build(cfg, reporter=RichReporter(progress), source=str(config), check_space=not skip_space_check)
+        result = build.run(wanted)
     shards = result.out_dir / "shards"
     console.print(f"\n[bold green]done[/] build folder: {result.out_dir}")
     if result.manifests:
@@ -128,7 +186,7 @@ def audit(
     data: Path = typer.Argument(..., help="Pick-a-Pic parquet file or folder, a folder of vipo shards, or a jsonl/csv of pairs."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: summary.json, report.html, consistent/conflicting.parquet."),
     config: Path = typer.Option(
-        Path(__file__).resolve().parent / "configs" / "audit-demo.yaml", "--config", "-c",
+        preset("audit-demo.yaml"), "--config", "-c",
         help="Audit config (YAML). Default: five tiny reward models on CPU.",
     ),
     limit: int | None = typer.Option(None, min=1, help="Audit only the first N rows of the input."),
@@ -138,23 +196,20 @@ def audit(
     """Measure how noisy a preference dataset is: reward-model agreement, conflicts, clean/conflicting exports."""
     from pipeline.audit.read import AuditInputError
     from pipeline.audit.run import run_audit
-    from pipeline.ray_runtime import ResourceError
+    from pipeline.model_sources import check_reward_models
     from schemas.audit import load_audit_config
-    from schemas.config import ConfigError
 
-    try:
-        cfg = load_audit_config(config)
-        if batch_size is not None:
-            cfg = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"batch_size": batch_size})})
-        if ray_address:
-            cfg = _on_cluster(cfg, ray_address)
-    except ConfigError as err:
-        _fail(str(err))
+    cfg = load_audit_config(config)
+    check_reward_models(cfg.reward_models, str(config))
+    if batch_size is not None:
+        cfg = cfg.model_copy(update={"resources": cfg.resources.model_copy(update={"batch_size": batch_size})})
+    if ray_address:
+        cfg = _on_cluster(cfg, ray_address)
     columns = (TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         try:
             result = run_audit(data, out, cfg, limit=limit, reporter=RichReporter(progress))
-        except (AuditInputError, ResourceError) as err:
+        except AuditInputError as err:  # not yet a VipoError
             _fail(str(err))
     s = result.summary
     n = len(s["reward_models"])
@@ -190,10 +245,7 @@ def train(
     from schemas.train_config import load_train_config
     from trainer.loop import train as run_training
 
-    try:
-        cfg = load_train_config(config, {"output_dir": str(out)} if out is not None else None)
-    except ConfigError as err:
-        _fail(str(err))
+    cfg = load_train_config(config, {"output_dir": str(out)} if out is not None else None)
     columns = (TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         try:

@@ -16,12 +16,12 @@ import yaml
 
 from pipeline import models
 from pipeline.catalogue import Catalogue, Table
-from pipeline.errors import ErrorPolicy
+from pipeline.errors import ErrorPolicy, output_fault
 from pipeline.executor import Executor
 from pipeline.generate import GenerateStage
 from pipeline.judge import JudgeStage, rater_model_path
 from pipeline.locks import FolderLock
-from pipeline.model_sources import check_model_source
+from pipeline.model_sources import check_model_source, check_reward_models
 from pipeline.pair import PairRules, PairStage
 from pipeline.prompt_stage import PromptsStage
 from pipeline.prompts import capacity
@@ -29,6 +29,7 @@ from pipeline.ray_runtime import check_resources, init_ray
 from pipeline.report import NullReporter, Reporter, StageSummary
 from pipeline.score import ScoreStage, ScoreStatsStage, score_names, video_metrics_pool
 from pipeline.select import SELECTION_REPORT, SelectStage
+from pipeline.space import check_space
 from pipeline.stage import Stage, StageInputError, TaskStage
 from pipeline.store import write_bytes
 from pipeline.write import ShardStage
@@ -67,7 +68,7 @@ def parse_stages(spec: str | None) -> list[str]:
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in STAGES]
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; stages are {','.join(STAGES)}")
+        raise ConfigError(f"--stages: unknown stage(s) {', '.join(unknown)}; stages are {','.join(STAGES)}")
     return [s for s in STAGES if s in wanted]
 
 
@@ -95,8 +96,7 @@ def preflight(cfg: BuildConfig, source: str = "<config>") -> dict:
                     f"{source}: generators.{i}.sampling.{j}: {params['width']}x{params['height']} is below "
                     f"media.min_{spec.modality}_side {floor}"
                 )
-    for i, r in enumerate(cfg.scoring.reward_models):
-        check_model_source(r.model, f"{source}: scoring.reward_models.{i}.model", "reward model")
+    check_reward_models(cfg.scoring.reward_models, source, "scoring.reward_models")
     if cfg.judge is not None and cfg.judge.backend != "openai":
         check_model_source(cfg.judge.model, f"{source}: judge.model", "rater")
     for i, f in enumerate(cfg.prompt_files):
@@ -153,9 +153,11 @@ class Build:
         reporter: Reporter | None = None,
         cache_dir: str | Path | None = None,
         source: str = "<config>",
+        check_space: bool = True,
     ):
         self.cfg = cfg
         self.source = source
+        self.check_space = check_space
         self.out = Path(cfg.output_dir).resolve()
         self.reporter = reporter or NullReporter()
         self.cache_dir = Path(cache_dir or cfg.cache_dir or models.default_cache_dir())
@@ -193,13 +195,21 @@ class Build:
     def run(self, stages: list[str] | None = None) -> BuildResult:
         stages = stages or list(STAGES)
         self.specs = preflight(self.cfg, self.source)
+        if self.check_space:
+            check_space(self.cfg, self.specs, self.out)
         with FolderLock(self.out, "build"):
-            return self._run(stages)
+            try:
+                return self._run(stages)
+            except Exception as err:
+                fault = output_fault(err, self.out)
+                if fault is not None:
+                    raise fault from err
+                raise
 
     def _run(self, stages: list[str]) -> BuildResult:
         write_bytes(self.out / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False).encode())
         if _ACTOR_STAGES & set(stages) or self.cfg.ray.columnar != "local":
-            init_ray(self.cfg.ray)
+            init_ray(self.cfg.ray, log_file=self.out / "logs" / "ray.log")  # the terminal keeps vipo's lines
         import ray
 
         if ray.is_initialized():

@@ -7,7 +7,8 @@ one line naming the count and a few examples. This is webdataset's `handler=` id
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import errno
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -33,7 +34,47 @@ class ItemFailure:
 
     @classmethod
     def of(cls, item: str, err: BaseException, reason: str = FAILED) -> ItemFailure:
+        """The failure of this item alone; a fault of the machine is re-raised (`machine_fault`)."""
+        if machine_fault(err):
+            raise err
         return cls(item, reason, f"{type(err).__name__}: {err}"[:500])
+
+
+# The disk is full, over quota or read-only: every next item would fail the same way, and recording
+# them as failed rows would write to that same disk. The stage stops with the error; a rerun resumes.
+MACHINE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+MACHINE_HINTS = {
+    errno.ENOSPC: "no space left on the device; free some and rerun (finished work is kept)",
+    errno.EDQUOT: "disk quota exceeded; free some and rerun (finished work is kept)",
+    errno.EROFS: "read-only file system",
+}
+
+
+def machine_fault(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in MACHINE_ERRNOS
+
+
+def causes(err: BaseException | None) -> Iterator[BaseException]:
+    """The error, then what it wraps: Ray's `.cause` (a worker's exception) and Python's `__cause__`."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = getattr(err, "cause", None) or err.__cause__
+
+
+class OutputFault(VipoError):
+    """The output folder's disk is full, over quota or read-only: one line naming the folder."""
+
+
+def output_fault(err: BaseException, folder: object) -> OutputFault | None:
+    """An OutputFault naming `folder` (or the file) when a machine fault is among `err`'s causes."""
+    fault = next((e for e in causes(err) if machine_fault(e)), None)
+    if fault is None:
+        return None
+    return OutputFault(f"{fault.filename or folder}: {MACHINE_HINTS[fault.errno]}")
 
 
 class StageFailed(VipoError, RuntimeError):

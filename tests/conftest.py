@@ -68,3 +68,19 @@ def small_config(cache: Path, out: Path) -> dict:
 def write_config(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def built(ray_session, vipo_cache, tmp_path_factory):
+    """The small build, once per session: the reference that resumed and faulted builds must equal."""
+    from pipeline.build import Build
+    from schemas.config import parse_config
+
+    out = tmp_path_factory.mktemp("build") / "a"
+    cfg = parse_config(small_config(vipo_cache, out))
+    return cfg, Build(cfg).run()
+
+
+def tars(root: Path) -> dict[str, bytes]:
+    """Every shard tar of a build folder, by path: equal dicts mean byte-identical datasets."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "shards").rglob("*.tar"))}

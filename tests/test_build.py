@@ -18,19 +18,7 @@ import pytest
 from pipeline.build import Build, StageInputError
 from pipeline.verify import verify_dataset
 from schemas.config import parse_config
-from tests.conftest import REPO, small_config, write_config
-
-
-@pytest.fixture(scope="module")
-def built(ray_session, vipo_cache, tmp_path_factory):
-    out = tmp_path_factory.mktemp("build") / "a"
-    cfg = parse_config(small_config(vipo_cache, out))
-    result = Build(cfg).run()
-    return cfg, result
-
-
-def _tars(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "shards").rglob("*.tar"))}
+from tests.conftest import REPO, small_config, tars, write_config
 
 
 def test_build_verifies_and_fills_every_category(built):
@@ -76,12 +64,12 @@ def test_sidecars_match_selected(built):
 def test_rerun_skips_finished_work(built):
     cfg, result = built
     before = {p: p.stat().st_mtime_ns for p in (result.out_dir / "candidates").glob("*.parquet")}
-    tars = _tars(result.out_dir)
+    before_tars = tars(result.out_dir)
     again = Build(cfg).run()
     gen = next(s for s in again.summaries if s.stage == "generate")
     assert "(0 generated now" in gen.note
     assert {p: p.stat().st_mtime_ns for p in (result.out_dir / "candidates").glob("*.parquet")} == before
-    assert _tars(result.out_dir) == tars
+    assert tars(result.out_dir) == before_tars
 
 
 def test_stage_without_input_is_refused(ray_session, vipo_cache, tmp_path):
@@ -126,7 +114,7 @@ def test_sigkill_midway_then_resume_gives_identical_shards(built, ray_session, v
     result = Build(parse_config(cfg_dict)).run()
     gen = next(s for s in result.summaries if s.stage == "generate")
     assert "already there" in gen.note and not gen.note.startswith("(0 generated")
-    assert _tars(result.out_dir) == _tars(reference.out_dir)
+    assert tars(result.out_dir) == tars(reference.out_dir)
     assert verify_dataset(result.out_dir) == []
 
 
