@@ -39,3 +39,9 @@ def check_model_source(value: str, key: str, kind: str) -> None:
 
         if not isinstance(try_to_load_from_cache(value, marker), str):
             raise ConfigError(f"{key}: {value}: not in the local hub cache and HF_HUB_OFFLINE is set")
+
+
+def check_reward_models(reward_models: list, source: str, key: str = "reward_models") -> None:
+    """Every configured reward model's source (`<source>: <key>.<i>.model: ...`)."""
+    for i, r in enumerate(reward_models):
+        check_model_source(r.model, f"{source}: {key}.{i}.model", "reward model")
