@@ -5,7 +5,6 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -32,6 +31,10 @@ console = Console(stderr=True)
 _debug = False
 
 
+# typer 0.29 bundles its own click: its Exit/Abort/usage errors are typer's classes, not click's.
+_PASS_THROUGH = (typer.Exit, typer.Abort, typer.TyperException)
+
+
 class _Guarded(TyperGroup):
     """Every command behind one error boundary (docs/reliability.md, "Errors"): an expected failure is
     `error: <file or key>: <what is wrong>` and exit code 2; a bug, a short traceback, the path of the
@@ -40,7 +43,7 @@ class _Guarded(TyperGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except _PASS_THROUGH:
             raise
         except KeyboardInterrupt:
             console.print("interrupted: finished work is kept; run the same command again to resume", highlight=False)
@@ -192,9 +195,13 @@ def audit(
     limit: int | None = typer.Option(None, min=1, help="Audit only the first N rows of the input."),
     batch_size: int | None = typer.Option(None, min=1, help="Pairs per model call; overrides resources.batch_size."),
     ray_address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help="Join this Ray cluster."),
+    allow_outside_paths: bool = typer.Option(
+        False, "--allow-outside-paths",
+        help="Let a jsonl/csv's image paths point outside its folder (absolute, ../, symlinks out). "
+             "Off: such rows are skipped unread, so an untrusted file cannot make the audit read your disk.",
+    ),
 ) -> None:
     """Measure how noisy a preference dataset is: reward-model agreement, conflicts, clean/conflicting exports."""
-    from pipeline.audit.read import AuditInputError
     from pipeline.audit.run import run_audit
     from pipeline.model_sources import check_reward_models
     from schemas.audit import load_audit_config
@@ -207,10 +214,8 @@ def audit(
         cfg = _on_cluster(cfg, ray_address)
     columns = (TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
-        try:
-            result = run_audit(data, out, cfg, limit=limit, reporter=RichReporter(progress))
-        except AuditInputError as err:  # not yet a VipoError
-            _fail(str(err))
+        result = run_audit(data, out, cfg, limit=limit, reporter=RichReporter(progress),
+                           allow_outside=allow_outside_paths)
     s = result.summary
     n = len(s["reward_models"])
     pct = lambda x: "n/a" if x is None else f"{100 * x:.2f}%"

@@ -20,6 +20,15 @@ from pipeline.store import write_bytes
 from reward_models.video import read_frames
 
 _PIL_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+#: The only formats an image is decoded from: what vipo writes and Pick-a-Pic holds. Restricting PIL
+#: to them keeps every other plugin's parser away from untrusted bytes (ICO's, for one, decodes the
+#: PNG it embeds while *opening*, before any size check could run).
+DECODE_FORMATS: tuple[str, ...] = tuple(dict.fromkeys(_PIL_FORMATS.values()))
+
+
+def pil_format(ext: str) -> str | None:
+    """PIL's name of the image format a file extension stands for (jpg -> JPEG), None if not one of ours."""
+    return _PIL_FORMATS.get(ext.lower())
 
 
 def sha256_hex(data: bytes) -> str:
@@ -48,18 +57,22 @@ def encode_image(arr: np.ndarray, fmt: str = "jpg", quality: int = 95) -> bytes:
     return buf.getvalue()
 
 
-def decode_image(data: bytes, max_pixels: int = 64_000_000) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int = 64_000_000, formats: tuple[str, ...] = DECODE_FORMATS) -> Image.Image:
     """Decode image bytes to RGB, refusing images over `max_pixels` from their header alone.
 
-    `Image.open` parses only the header, so a decompression bomb is refused before any pixel
-    is decoded (PIL's own bomb guard, which fires far above our limit, is reported the same way).
+    Only `formats` (PIL format names; default JPEG, PNG, WEBP) are tried, and for those `Image.open`
+    parses only the header, so a decompression bomb is refused before any pixel is decoded (PIL's own
+    bomb guard, which fires far above our limit, is reported the same way). Anything else is a
+    ValueError "not a JPEG, PNG or WEBP image" without another plugin ever seeing the bytes.
     """
     try:
         with warnings.catch_warnings():  # PIL warns from 89 MP on; the limit here is max_pixels
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=list(formats))
     except Image.DecompressionBombError as err:
         raise ValueError(f"image refused before decoding: {err}") from None
+    except Image.UnidentifiedImageError:
+        raise ValueError(f"not a {', '.join(formats[:-1])}{' or ' if len(formats) > 1 else ''}{formats[-1]} image") from None
     w, h = img.size
     if w * h > max_pixels:
         raise ValueError(f"image refused before decoding: header says {w}x{h} = {w * h} pixels > max_pixels {max_pixels}")

@@ -2,9 +2,10 @@
 balance against the manifest and the build's `config.yaml`.
 
 Reads tars through `pipeline.formats.shards` (webdataset's key rule, one sample in memory at a time,
-members as bytes: nothing is unpickled, none over 512 MiB is read), parquet sidecars with pyarrow and
-the config with `yaml.safe_load`, and size-checks images before decoding, so it is also safe on a
-dataset from elsewhere.
+only the folder's members read, as bytes: nothing is unpickled, none over its cap), parquet sidecars
+with pyarrow after their footer is checked, JSON within `pipeline.formats.bounded`'s size and depth
+caps and the config with `yaml.safe_load`, and size-checks images before decoding, so it is also safe
+on a dataset from elsewhere (docs/reliability.md).
 
 Balance is checked against the build's config.yaml when the folder keeps it: every category within its
 quota, and, when `selection.max_winner_generator_share` is set, no generator winning more than
@@ -16,7 +17,6 @@ Two entry points: `verify_dataset(root)` lists problems (empty: sound), `balance
 from __future__ import annotations
 
 import io
-import json
 import math
 import re
 from collections import Counter
@@ -24,7 +24,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.formats.shards import READ_ERRORS, Sample, stream_samples
+from pipeline.formats.bounded import MAX_MANIFEST_BYTES, InputError, load_json
+from pipeline.formats.parquet import row_group_problem
+from pipeline.formats.shards import READ_ERRORS, SHARD_SUFFIXES, Sample, stream_samples, unknown_member
 from pipeline.store import file_sha256
 from schemas.categories import CATEGORIES
 from schemas.ids import ID_HEX
@@ -35,6 +37,7 @@ CONFIG_NAME = "config.yaml"  # the exact config of the build, beside shards/ (pi
 MAX_CONFIG_BYTES = 1 << 20  # a build config is a few KiB; refuse to parse anything larger
 PREFIX_MIN_SAMPLES = 4  # categories with fewer samples in a folder are not judged for prefix balance
 CAP_SLACK = 1e-9  # floor(share * n + slack): a share like 0.3 of 10 pairs allows 3, not 2 (float rounding)
+MAX_FRAME_PIXELS = 64_000_000  # a video frame past this is not decoded: pipeline.media.decode_image's default for images
 
 
 def _winner_generator(meta: dict):
@@ -76,18 +79,24 @@ def _listed(manifest: dict, field: str) -> dict[str, object] | None:
 
 
 def _decodes(member: str, data: bytes) -> str | None:
-    """None if the media decodes, else why not."""
+    """None if the media decodes as the format its name says, else why not."""
+    from pipeline.media import decode_image, pil_format, probe_video
+
     try:
         if member.endswith(".mp4"):
             import av
 
+            info = probe_video(data)  # the container header first: a frame past max_pixels is not decoded
+            if (info["width"] or 0) * (info["height"] or 0) > MAX_FRAME_PIXELS:
+                return f"header says {info['width']}x{info['height']}, over {MAX_FRAME_PIXELS} pixels a frame; not decoded"
             with av.open(io.BytesIO(data)) as c:
                 n = sum(1 for _ in c.decode(video=0))
             return None if n > 0 else "video has no frames"
-        # decode_image refuses oversized images from the header alone
-        from pipeline.media import decode_image
-
-        decode_image(data).load()
+        # decode_image refuses oversized images from the header alone, and other formats unopened
+        fmt = pil_format(member.rsplit(".", 1)[-1])
+        if fmt is None:
+            return f"{member} is not an image member"
+        decode_image(data, formats=(fmt,)).load()
         return None
     except Exception as err:
         return f"{type(err).__name__}: {err}"
@@ -102,10 +111,14 @@ def _read_tar(tar_path: Path, expected: list[str], modality: str) -> tuple[list[
     metas: list[dict] = []
     unkeyed: list[str] = []
     seen: set[str] = set()
-    for sample in stream_samples(tar_path, lcase=False, unkeyed=unkeyed):
+    # Only the folder's own members are read (json always, for the counts); any other is named, never read.
+    wanted = {"json", *expected} & SHARD_SUFFIXES
+    for sample in stream_samples(tar_path, lambda key, suffix: suffix in wanted, lcase=False, unkeyed=unkeyed):
         if sample.key in seen:
             problems.append(f"{where}: sample {sample.key}: key seen before, after other samples (readers see two samples)")
         problems += [f"{where}: sample {sample.key}: {why}" for why in sample.refused.values()]
+        problems += [f"{where}: sample {sample.key}: {why}; not read" for suffix in sample.skipped
+                     if (why := unknown_member(sample.skipped[suffix], suffix))]
         problems += _check_sample(where, sample, expected, modality)
         keys.append(sample.key)
         seen.add(sample.key)
@@ -116,8 +129,8 @@ def _read_tar(tar_path: Path, expected: list[str], modality: str) -> tuple[list[
 
 def _meta(members: dict[str, bytes]) -> dict:
     try:
-        meta = json.loads(members.get("json", b""))
-    except ValueError:
+        meta = load_json(members.get("json", b""))
+    except InputError:
         return {}
     return meta if isinstance(meta, dict) else {}
 
@@ -127,12 +140,12 @@ def _check_sample(where: str, sample: Sample[bytes], expected: list[str], modali
     bad = []
     if not _KEY.match(key):
         bad.append(f"{where}: key {key!r} is not {ID_HEX} lowercase hex")
-    present = sorted([*members, *sample.refused])  # a refused member is there, only too large to read
+    present = sorted([*members, *sample.refused, *sample.skipped])  # refused: too large to read; skipped: not the folder's
     if present != sorted(expected):
         bad.append(f"{where}: sample {key}: members {present}, expected {sorted(expected)}")
     try:
-        meta = json.loads(members.get("json", b""))
-    except ValueError as err:
+        meta = load_json(members.get("json", b""))
+    except InputError as err:
         return bad + [f"{where}: sample {key}: json does not parse ({err})"]
     if not isinstance(meta, dict):
         return bad + [f"{where}: sample {key}: json is not an object"]
@@ -160,9 +173,13 @@ def _check_sample(where: str, sample: Sample[bytes], expected: list[str], modali
 
 
 def _read_sidecar(path: Path) -> tuple[dict[str, list] | None, str | None]:
-    """The sidecar's pair_id and counted columns as lists, or why they cannot be read."""
+    """The sidecar's pair_id and counted columns as lists, or why they cannot be read (its footer is
+    checked first: a row group decompressing past the cap is not read)."""
     columns = list(dict.fromkeys(["pair_id", *(col for cols, _ in COUNTED.values() for col in cols)]))
     try:
+        problem = row_group_problem(pq.ParquetFile(path).metadata)
+        if problem:
+            return None, problem
         table = pq.read_table(path, columns=columns)
     except Exception as err:
         return None, f"{type(err).__name__}: {err}"
@@ -245,9 +262,12 @@ def _load_manifest(folder: Path) -> tuple[dict | None, list[str]]:
     path = folder / MANIFEST_NAME
     if not path.is_file():
         return None, [f"{folder}: no {MANIFEST_NAME}"]
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        return None, [f"{path}: {path.stat().st_size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit; not read"]
     try:
-        manifest = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
+        with open(path, "rb") as f:
+            manifest = load_json(f.read(MAX_MANIFEST_BYTES + 1))
+    except InputError as err:
         return None, [f"{path}: does not parse ({err})"]
     if not isinstance(manifest, dict):
         return None, [f"{path}: not a JSON object"]
@@ -360,6 +380,8 @@ def _read_config(config_path: Path) -> tuple[dict | None, list[str]]:
         data = yaml.safe_load(config_path.read_text())  # plain data only: no tags, no objects
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         return None, [f"{config_path}: does not parse ({err})"]
+    except RecursionError:
+        return None, [f"{config_path}: does not parse (nested deeper than the YAML parser allows)"]
     return (data if isinstance(data, dict) else {}), []
 
 

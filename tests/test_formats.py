@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import tarfile
 from pathlib import Path
 
@@ -15,7 +16,15 @@ from webdataset.tariterators import base_plus_ext
 from pipeline.formats.keys import split_member
 from pipeline.formats.parquet import iter_slice, open_parquet, row_groups
 from pipeline.formats.pickapic import comparison, image_bytes, missing_columns, read_columns
-from pipeline.formats.shards import ShardError, ShardReadError, index_samples, read_at, stream_samples
+from pipeline.formats.shards import (
+    SHARD_SUFFIXES,
+    ShardError,
+    ShardReadError,
+    index_samples,
+    read_at,
+    stream_samples,
+    unknown_member,
+)
 
 TRICKY_NAMES = [
     "0123456789abcdef.json",
@@ -228,3 +237,94 @@ def test_image_cells_are_bytes_or_none():
     assert image_bytes({"bytes": None, "path": "/etc/passwd"}) is None
     assert image_bytes("/etc/passwd") is None and image_bytes(None) is None
     assert image_bytes(b"") == b""  # empty bytes stay bytes: the caller's check decides (corrupt, not missing)
+
+
+# -- untrusted names, caps and bounded reads (docs/reliability.md, "Bad input: audit and verify") ----------
+@pytest.mark.parametrize("name", ["../k.json", "a/../../k.json", "/abs/k.json", "..\\k.json"])
+def test_a_member_name_out_of_the_folder_is_an_error_for_every_reader(tmp_path, name):
+    path = _tar(tmp_path / "s.tar", [("k.txt", b"t"), (name, b"{}")])
+    for read in (stream_samples, index_samples):
+        with pytest.raises(ShardError, match=rf"^member {re.escape(repr(name))} is not a relative name inside the shard$"):
+            list(read(path))
+
+
+def test_members_not_wanted_are_named_in_skipped_and_never_read(tmp_path, monkeypatch):
+    read = _spy_reads(monkeypatch)
+    path = _tar(tmp_path / "s.tar", [("k.json", b"{}"), ("k.pickle", pickle.dumps(1)), ("k.win.jpg", b"w")])
+    (sample,) = stream_samples(path, lambda key, suffix: suffix in SHARD_SUFFIXES)
+    assert (sample.members, sample.skipped, read) == ({"json": b"{}", "win.jpg": b"w"}, {"pickle": "k.pickle"}, ["k.json", "k.win.jpg"])
+    assert unknown_member("k.pickle", "pickle").startswith("member 'k.pickle' is not part of the shard format (its members are json, ")
+    assert unknown_member("k.win.webp", "win.webp") is None
+
+
+def test_member_caps_follow_the_suffix(tmp_path):
+    from pipeline.formats.bounded import MAX_MEDIA_BYTES, MAX_TEXT_BYTES
+    from pipeline.formats.shards import member_limit
+
+    assert (member_limit("json"), member_limit("txt"), member_limit("win.mp4")) == (MAX_TEXT_BYTES, MAX_TEXT_BYTES, MAX_MEDIA_BYTES)
+    assert (MAX_TEXT_BYTES, MAX_MEDIA_BYTES) == (1 << 20, 1 << 28)
+    path = _tar(tmp_path / "s.tar", [("k.json", b"x" * (MAX_TEXT_BYTES + 1)), ("k.win.jpg", b"x" * (MAX_TEXT_BYTES + 1))])
+    (sample,) = stream_samples(path)
+    assert list(sample.refused) == ["json"] and len(sample.members["win.jpg"]) == MAX_TEXT_BYTES + 1
+
+
+def test_row_group_problem_reads_the_footer(tmp_path):
+    from pipeline.formats.parquet import row_group_problem
+
+    pq.write_table(pa.table({"a": [b"x" * 1000] * 4, "b": [1, 2, 3, 4]}), tmp_path / "t.parquet", row_group_size=2,
+                   use_dictionary=False, compression="zstd")
+    meta = pq.ParquetFile(tmp_path / "t.parquet").metadata
+    group = meta.row_group(0)
+    assert row_group_problem(meta, limit=group.total_byte_size) is None
+    assert row_group_problem(meta, limit=group.total_byte_size - 1) == (
+        f"row group 0 decompresses to {group.total_byte_size} bytes (a: {group.column(0).total_uncompressed_size}), "
+        f"over the {group.total_byte_size - 1}-byte limit (parquet footer); nothing of it was read")
+
+
+def test_load_json_caps_depth_encoding_and_digits():
+    from pipeline.formats.bounded import MAX_JSON_DEPTH, InputError, json_depth, load_json
+
+    assert load_json(b'{"a": [1, {"b": 2}]}') == {"a": [1, {"b": 2}]} and json_depth({"a": [1, {"b": 2}]}) == 3
+    ok = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    assert json_depth(load_json(ok)) == MAX_JSON_DEPTH
+    for text, why in [("[" + ok + "]", f"JSON nested deeper than {MAX_JSON_DEPTH} levels"),
+                      ("[" * 100_000 + "]" * 100_000, f"JSON nested deeper than {MAX_JSON_DEPTH} levels"),
+                      (b'"caf\xe9"', "not UTF-8 (byte 0xe9 at offset 4)"),
+                      ("1" * 5000, "not valid JSON (Exceeds the limit (4300 digits) for integer string conversion: "
+                                   "value has 5000 digits; use sys.set_int_max_str_digits() to increase the limit)")]:
+        with pytest.raises(InputError, match=f"^{re.escape(why)}$"):
+            load_json(text)
+
+
+def test_iter_lines_bounds_each_line():
+    from pipeline.formats.bounded import InputError, iter_lines
+
+    assert list(iter_lines(io.BytesIO(b"\xef\xbb\xbfab\ncd"), 8)) == [(1, "ab\n"), (2, "cd")]  # a leading BOM dropped
+    assert list(iter_lines(io.BytesIO(b"abc\nabc"), 3)) == [(1, "abc\n"), (2, "abc")]  # 3 bytes and the line end fit
+    with pytest.raises(InputError, match=r"^line 2: longer than 3 bytes$"):
+        list(iter_lines(io.BytesIO(b"ab\nabcd\n"), 3))
+    with pytest.raises(InputError, match=r"^line 1: not UTF-8 \(byte 0xff at column 2\)$"):
+        list(iter_lines(io.BytesIO(b"a\xff\n"), 10))
+
+
+def test_read_regular_refuses_what_is_not_a_bounded_regular_file(tmp_path):
+    import os
+
+    from pipeline.formats.bounded import InputError, TooLargeError, read_regular, resolve_inside
+
+    (tmp_path / "f").write_bytes(b"12345")
+    assert read_regular(tmp_path / "f", 5) == b"12345"
+    with pytest.raises(TooLargeError, match=r"^5 bytes, over the 4-byte limit$"):
+        read_regular(tmp_path / "f", 4)
+    os.mkfifo(tmp_path / "p")
+    for path, kind in [(tmp_path / "p", "a FIFO"), ("/dev/zero", "a character device"), (tmp_path, "a folder")]:
+        with pytest.raises(InputError, match=rf"^not a regular file \({kind}\)$"):
+            read_regular(path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "link").symlink_to(tmp_path / "f")
+    assert resolve_inside(tmp_path, "in/link") == tmp_path / "f"
+    with pytest.raises(InputError, match=rf"^resolves to {re.escape(str(tmp_path / 'f'))}, outside the data folder"):
+        resolve_inside(tmp_path / "in", "link")
+    assert resolve_inside(tmp_path / "in", "link", allow_outside=True) == tmp_path / "f"
+    with pytest.raises(InputError, match="NUL"):
+        resolve_inside(tmp_path, "a\0b")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import struct
 import zlib
@@ -129,3 +130,23 @@ def test_decord_and_pyav_paths_agree(monkeypatch):
     with_pyav = read_video_frames(data, num_frames=4)
     assert with_decord.shape == with_pyav.shape == (4, 32, 64, 3)
     assert np.abs(with_decord.astype(int) - with_pyav).mean() < 2  # colour conversion may round differently
+
+
+def test_decode_image_tries_only_the_formats_it_is_given():
+    """An ICO whose directory says 16x16 but holds a 4000x4000 PNG: PIL's ICO plugin decodes that PNG while
+    *opening* (the header check would come too late); restricted to JPEG, PNG and WEBP it is never opened."""
+    from PIL import Image
+
+    from pipeline.media import DECODE_FORMATS
+
+    png = io.BytesIO()
+    Image.new("1", (4000, 4000)).save(png, format="PNG")
+    ico = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png.getvalue()), 22) + png.getvalue()
+    assert Image.open(io.BytesIO(ico)).size == (4000, 4000)  # unrestricted: the embedded PNG, decoded
+    assert DECODE_FORMATS == ("JPEG", "PNG", "WEBP")
+    with pytest.raises(ValueError, match=r"^not a JPEG, PNG or WEBP image$"):
+        decode_image(ico)
+    jpg = encode_image(_smooth_image(), "jpg")
+    assert decode_image(jpg).size == (64, 48)
+    with pytest.raises(ValueError, match=r"^not a PNG image$"):
+        decode_image(jpg, formats=("PNG",))

@@ -6,12 +6,12 @@ and the error text, so the audit can count and explain what it left out.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from pipeline.audit.checks import check_row
 from pipeline.audit.read import iter_unit
 from pipeline.catalogue import Table
 from pipeline.errors import FAILED, ItemFailure
@@ -19,12 +19,15 @@ from pipeline.formats.shards import READ_ERRORS
 from pipeline.scoring import score_items
 from pipeline.stage import ActorStage
 from schemas.audit import SCORED, audit_scores_schema
-from schemas.pickapic import preferred_index
 from schemas.units import Unit, make_unit
 
 #: Prefix of the message of a unit whose file cannot be read: the driver finds it inside Ray's error
 #: and reports that one line (the file is bad, not a row of it).
 READ_ERROR = "audit input error: "
+#: The same for a reward model an actor cannot load (a hub id that is not there, a broken checkpoint).
+MODEL_ERROR = "audit model error: "
+
+__all__ = ["AuditScoreStage", "MODEL_ERROR", "READ_ERROR", "UnitReadError", "check_row", "decode_pair", "decode_video_pair"]
 
 
 class UnitReadError(RuntimeError):
@@ -42,30 +45,6 @@ def _read_batches(unit: dict[str, Any], batch_size: int):
         raise UnitReadError(f"{READ_ERROR}{where}: cannot read ({type(err).__name__}: {err})") from None
     if seen != unit["stop"] - unit["start"]:
         raise UnitReadError(f"{READ_ERROR}{where}: read {seen} rows; the file changed since the audit began")
-
-
-def check_row(row: dict[str, Any]) -> tuple[str, str | None]:
-    """(status, detail) of a raw row before decoding: missing fields, then the label (ties are
-    skipped: they carry no preference to agree with), then unreadable image files."""
-    if row.get("caption") is None:
-        return "missing_field", "caption is missing"
-    for i in (0, 1):
-        if row.get(f"img_{i}") is None and not row.get("error"):  # error: a path given but unreadable
-            return "missing_field", f"image {i} is missing"
-    try:
-        label = float(row["label_0"]) if row.get("label_0") is not None else None
-    except (TypeError, ValueError):
-        return "bad_label", f"label_0 = {row['label_0']!r} is not a number"
-    if label is not None and math.isnan(label):
-        label = None
-    try:
-        if preferred_index(label) is None:
-            return "tie_label", "label_0 = 0.5"
-    except ValueError as err:
-        return ("missing_field" if label is None else "bad_label"), str(err)
-    if row.get("error"):  # a pair file's image path that cannot be read
-        return "corrupt_image", row["error"]
-    return SCORED, None
 
 
 def decode_pair(row: dict[str, Any], max_pixels: int) -> tuple[str, str | None, list]:
@@ -113,9 +92,11 @@ def decode_video_pair(row: dict[str, Any], max_pixels: int, max_frames: int, fra
 
 
 def _label(row: dict[str, Any]) -> float | None:
+    if isinstance(row.get("label_0"), bool):
+        return None
     try:
         return float(row["label_0"])
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, OverflowError):
         return None
 
 
@@ -148,7 +129,15 @@ class AuditScoreStage(ActorStage):
     def setup(self) -> None:
         from reward_models.registry import load_reward_models
 
-        self.loaded = load_reward_models(self.models, "cuda" if self.resources.num_gpus > 0 else "cpu")
+        device = "cuda" if self.resources.num_gpus > 0 else "cpu"
+        self.loaded = {}
+        for i, model in enumerate(self.models):
+            try:
+                self.loaded.update(load_reward_models([model], device))
+            except Exception as err:  # one line for the driver to report, not the loader's traceback
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                raise RuntimeError(f"{MODEL_ERROR}{model[1]}: reward_models.{i} ({model[0]}) does not load "
+                                   f"({type(err).__name__}: {first})") from None
 
     @property
     def scorers(self) -> list[str]:

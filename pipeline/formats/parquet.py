@@ -4,6 +4,10 @@ A Pick-a-Pic v2 row group holds hundreds of MB of image bytes. pyarrow decodes a
 chunk whole whatever the batch size, but buffered, non-pre-buffered reads cut the peak of reading a
 200 MB row group from ~690 MB to ~500 MB RSS (measured), and batches keep the Python side small. A
 caller names the rows it needs, so row groups without any are never read.
+
+Since a read costs a row group's decompressed size, the footer is checked before any page is read:
+a row group stating more than `MAX_ROW_GROUP_BYTES` is refused (`row_group_problem`; a zstd page of
+zeros makes gigabytes from kilobytes).
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.formats.bounded import MAX_ROW_GROUP_BYTES
 
 READ_OPTIONS = {"pre_buffer": False, "buffer_size": 8 << 20}
 
@@ -43,6 +49,19 @@ def row_groups(meta: pq.FileMetaData) -> list[RowGroup]:
         out.append(RowGroup(index, first, n))
         first += n
     return out
+
+
+def row_group_problem(meta: pq.FileMetaData, limit: int = MAX_ROW_GROUP_BYTES) -> str | None:
+    """Why a file's row groups may not be read (from the footer alone): one decompressing past `limit`
+    bytes, its largest column named; None when all fit."""
+    for index in range(meta.num_row_groups):
+        group = meta.row_group(index)
+        if group.total_byte_size > limit:
+            sizes = [(group.column(c).total_uncompressed_size, group.column(c).path_in_schema) for c in range(group.num_columns)]
+            size, name = max(sizes, key=lambda s: s[0]) if sizes else (0, "?")  # the first of the largest
+            return (f"row group {index} decompresses to {group.total_byte_size} bytes ({name}: {size}), "
+                    f"over the {limit}-byte limit (parquet footer); nothing of it was read")
+    return None
 
 
 def iter_slice(pf: pq.ParquetFile, row_group: int, first: int, start: int, stop: int,

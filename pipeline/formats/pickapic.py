@@ -24,6 +24,7 @@ class Comparison:
     images: tuple[bytes | None, bytes | None]
     label_0: Any
     models: tuple[Any, Any] = (None, None)
+    refused: str | None = None  # why an image cell was left unread (over the byte cap); that image is None
 
 
 def missing_columns(names: Iterable[str]) -> list[str]:
@@ -46,13 +47,32 @@ def image_bytes(cell: Any) -> bytes | None:
     return cell if isinstance(cell, bytes) else None
 
 
-def comparison(batch: pa.RecordBatch, i: int, row: int) -> Comparison:
+def cell_bytes(scalar: pa.Scalar) -> int:
+    """Size of an image cell's bytes, read from the Arrow buffer without copying (0 when not binary)."""
+    if isinstance(scalar, pa.StructScalar):
+        scalar = scalar.get("bytes") if "bytes" in [f.name for f in scalar.type] else None
+    if not isinstance(scalar, (pa.BinaryScalar, pa.LargeBinaryScalar)) or not scalar.is_valid:
+        return 0
+    return scalar.as_buffer().size
+
+
+def comparison(batch: pa.RecordBatch, i: int, row: int, max_image_bytes: int | None = None) -> Comparison:
     """Row `i` of `batch` (file row `row`); only this row's cells are converted to Python, so a reader
-    that keeps few rows of a batch pays for those only."""
+    that keeps few rows of a batch pays for those only. An image cell over `max_image_bytes` is not
+    converted at all: it comes back None, with why in `refused`."""
     names = set(batch.schema.names)
 
     def cell(name: str) -> Any:
         return batch.column(name)[i].as_py() if name in names else None
 
-    return Comparison(row, cell(CAPTION), (image_bytes(cell(IMAGE_COLUMNS[0])), image_bytes(cell(IMAGE_COLUMNS[1]))),
-                      cell(LABEL_COLUMNS[0]), (cell(MODEL_COLUMNS[0]), cell(MODEL_COLUMNS[1])))
+    images: list[bytes | None] = []
+    refused = None
+    for side, name in enumerate(IMAGE_COLUMNS):
+        size = cell_bytes(batch.column(name)[i]) if name in names and max_image_bytes is not None else 0
+        if max_image_bytes is not None and size > max_image_bytes:
+            images.append(None)
+            refused = refused or f"image {side}: {name} holds {size} bytes, over the {max_image_bytes}-byte limit"
+        else:
+            images.append(image_bytes(cell(name)))
+    return Comparison(row, cell(CAPTION), (images[0], images[1]), cell(LABEL_COLUMNS[0]),
+                      (cell(MODEL_COLUMNS[0]), cell(MODEL_COLUMNS[1])), refused)

@@ -14,6 +14,11 @@ Two ways in, for two access patterns:
   offsets and sizes, so skipping it costs a header read and its media are read (`read_at`) only
   when used.
 
+Member names are checked as their headers come by: an absolute name or one with a `..` part (which
+an extracting reader would write outside its folder) is a `ShardError` for every reader. What a
+member *may* be called is the shard format's (`SHARD_SUFFIXES`, `unknown_member`): the callers decide
+whether a stray member is a problem (verify), refuses the shard (audit) or is ignored.
+
 A tar that breaks off yields every sample before the break (the last one perhaps incomplete), then
 raises `ShardReadError` naming the last good member, so a reader keeps what it could read. A header
 claiming more bytes than the file holds is such a break, found from the header: tarfile would
@@ -30,9 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Generic, TypeVar
 
+from pipeline.formats.bounded import MAX_MEDIA_BYTES, MAX_TEXT_BYTES
 from pipeline.formats.keys import split_member
+from schemas.shard import IMAGE_EXTENSIONS, VIDEO_EXTENSION
 
-MAX_MEMBER_BYTES = 1 << 29  # 512 MiB, far above any image or clip of ours: a larger member is not read
+MAX_MEMBER_BYTES = MAX_MEDIA_BYTES  # a media member (256 MiB) over this is not read
+TEXT_SUFFIXES = ("json", "txt")
+#: Every member suffix the shard format allows (docs/dataset_format.md): json, txt, win.<ext>, lose.<ext>.
+SHARD_SUFFIXES = frozenset((*TEXT_SUFFIXES, *(f"{side}.{ext}" for side in ("win", "lose")
+                                             for ext in (*IMAGE_EXTENSIONS, VIDEO_EXTENSION))))
 
 T = TypeVar("T")
 Source = str | Path | IO[bytes]
@@ -51,6 +62,23 @@ class ShardReadError(ShardError):
 READ_ERRORS = (tarfile.TarError, EOFError, ShardError)
 
 
+def member_limit(suffix: str) -> int:
+    """Most bytes a member of this suffix may hold before it is refused unread: json / txt 1 MiB, media 256 MiB."""
+    return MAX_TEXT_BYTES if suffix in TEXT_SUFFIXES else MAX_MEMBER_BYTES
+
+
+def unsafe_name(name: str) -> bool:
+    """An absolute member name or one with a `..` part: extracted, it would land outside the folder."""
+    return name.startswith("/") or ".." in name.replace("\\", "/").split("/")
+
+
+def unknown_member(name: str, suffix: str) -> str | None:
+    """Why a member is not part of the shard format (None when it is)."""
+    if suffix in SHARD_SUFFIXES:
+        return None
+    return f"member {name!r} is not part of the shard format (its members are {', '.join(sorted(SHARD_SUFFIXES))})"
+
+
 @dataclass(frozen=True)
 class Member:
     """A member known from its tar header: its name, and where its bytes lie in an uncompressed tar."""
@@ -67,11 +95,13 @@ class Member:
 @dataclass
 class Sample(Generic[T]):
     """One sample: `members` maps suffix -> bytes (`stream_samples`) or `Member` (`index_samples`);
-    `refused` maps suffix -> why a wanted member was not read (over the size limit)."""
+    `refused` maps suffix -> why a wanted member was not read (over the size limit); `skipped` maps the
+    suffixes of members not wanted (never read) to their full names."""
 
     key: str
     members: dict[str, T] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 @contextmanager
@@ -101,6 +131,8 @@ def _group(tf: tarfile.TarFile, end: int | None, load: Callable[[Sample, str, ta
         for info in iter(tf.next, None):
             if end is not None and info.offset_data + info.size > end:
                 raise tarfile.ReadError(f"{info.name} claims {info.size} bytes, past the end of the file")
+            if unsafe_name(info.name):
+                raise ShardError(f"member {info.name!r} is not a relative name inside the shard")
             split = split_member(info.name) if info.isfile() else None
             if info.isfile() and split is None and unkeyed is not None:
                 unkeyed.append(info.name)
@@ -110,7 +142,7 @@ def _group(tf: tarfile.TarFile, end: int | None, load: Callable[[Sample, str, ta
                     if sample is not None:
                         yield sample  # before the next member is read: the caller may change what it wants
                     sample = Sample(key)
-                if suffix in sample.members or suffix in sample.refused:
+                if suffix in sample.members or suffix in sample.refused or suffix in sample.skipped:
                     raise ShardError(f"{info.name}: member {suffix!r} twice in sample {key!r}")
                 load(sample, suffix, info)
             last = info.name
@@ -123,19 +155,22 @@ def _group(tf: tarfile.TarFile, end: int | None, load: Callable[[Sample, str, ta
 
 
 def stream_samples(source: Source, want: Callable[[str, str], bool] | None = None, *,
-                   max_member_bytes: int = MAX_MEMBER_BYTES, lcase: bool = True,
+                   max_member_bytes: int | Callable[[str], int] = member_limit, lcase: bool = True,
                    unkeyed: list[str] | None = None) -> Iterator[Sample[bytes]]:
     """The samples of a tar (a path or a binary stream, any compression), in one pass.
 
-    `want(key, suffix)` (None: all) picks the members read; the others are skipped, never held. A
-    wanted member over `max_member_bytes` is not read either but named in `refused`. `lcase`
-    lowercases suffixes as webdataset does; names with no key are skipped, and listed in `unkeyed`
-    when a list is given."""
+    `want(key, suffix)` (None: all) picks the members read; the others are skipped, never held (their
+    names are in `skipped`). A wanted member over `max_member_bytes` (a number, or a function of the
+    suffix: by default `member_limit`) is not read either but named in `refused`. `lcase` lowercases
+    suffixes as webdataset does; names with no key are skipped, and listed in `unkeyed` when a list
+    is given."""
+    limit = max_member_bytes if callable(max_member_bytes) else lambda _: max_member_bytes
 
     def load(sample: Sample, suffix: str, info: tarfile.TarInfo) -> None:
         if want is not None and not want(sample.key, suffix):
+            sample.skipped[suffix] = info.name
             return
-        why = Member(info.name, info.offset_data, info.size).over(max_member_bytes)
+        why = Member(info.name, info.offset_data, info.size).over(limit(suffix))
         if why:
             sample.refused[suffix] = why
         else:
