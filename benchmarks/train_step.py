@@ -60,7 +60,7 @@ def _load(args, reference: str):
     model.denoiser.requires_grad_(False)
     torch.manual_seed(0)
     model.denoiser.add_adapter(LoraConfig(r=args.rank, lora_alpha=args.rank, init_lora_weights="gaussian",
-                                          target_modules=list(LORA_TARGETS)))
+                                          target_modules=list(LORA_TARGETS[model.family])))
     model.lora = True
     return model
 

@@ -36,8 +36,9 @@ class ModelConfig(Strict):
     )
     max_sequence_length: int | None = Field(
         None, ge=1,
-        description="T5/UMT5 prompt tokens (SD3, FLUX, Wan); default: what the generator samples with (the registry's, "
-        "else the pipeline __call__ default of diffusers 0.42: SD3 256, FLUX 512, flux-schnell 256, Wan 512).",
+        description="T5/UMT5 prompt tokens (SD3, FLUX, Wan); default: what the generator samples with: the registry's "
+        "max_sequence_length (flux-dev 512, flux-schnell 256), else the pipeline __call__ default of diffusers 0.42 "
+        "(SD3 256, Wan 512).",
     )
     flux_guidance: float = Field(
         3.5, ge=0, description="FLUX guidance-distilled models: the guidance fed during training (train_dreambooth_lora_flux.py's 3.5)."

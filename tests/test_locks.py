@@ -55,3 +55,30 @@ def test_lock_in_one_process_blocks_another_handle_too(tmp_path):
     with FolderLock(tmp_path, "build"):
         with pytest.raises(FolderLocked):
             FolderLock(tmp_path, "build").acquire()
+
+
+def test_audit_and_train_refuse_a_folder_in_use(tmp_path):
+    """`audit` and `train` take the same lock as `build`: a held output folder is refused before any work."""
+    import numpy as np
+
+    from pipeline.audit.run import run_audit
+    from pipeline.media import encode_image
+    from schemas.audit import load_audit_config
+    from schemas.train_config import parse_train_config
+    from trainer.loop import train
+
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "a.png").write_bytes(encode_image(np.zeros((8, 8, 3), np.uint8), "png"))
+    (data / "pairs.jsonl").write_text('{"caption": "x", "image_0": "a.png", "image_1": "a.png", "label_0": 1}\n')
+    for name, run in (
+        ("audit", lambda out: run_audit(data / "pairs.jsonl", out, load_audit_config(None))),
+        ("train", lambda out: train(parse_train_config(
+            {"output_dir": str(out), "device": "cpu", "model": {"generator": "tiny-sd15"},
+             "data": {"paths": [str(tmp_path / "none")]}, "max_steps": 1}, "test"), loader=[])),
+    ):
+        out = tmp_path / name
+        with FolderLock(out, "build"):
+            with pytest.raises(FolderLocked, match=rf"^{out}: in use by vipo build \(pid {os.getpid()} on "):
+                run(out)
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]

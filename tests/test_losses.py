@@ -43,7 +43,9 @@ def _expected(err_w, err_l, ref_w, ref_l, beta, alpha):
         "loss": dpo + poly,
         "dpo_loss": dpo,
         "poly_term": poly,
-        "implicit_acc": sum(1 for x in insides if x > 0) / n,
+        "implicit_acc": (sum(1 for x in insides if x > 0) + 0.5 * sum(1 for x in insides if x == 0)) / n,
+        "raw_model_loss": 0.5 * (sum(err_w) / n + sum(err_l) / n),
+        "ref_loss": sum(ref_w + ref_l) / (2 * n),
         "reward_margin": sum(insides) / n,
         "p_mean": sum(ps) / n,
     }
@@ -57,17 +59,22 @@ def test_alpha_zero_is_diffusion_dpo():
     ew, el, rw, rl = (torch.rand(16, generator=g, dtype=torch.float64) * 0.2 for _ in range(4))
     beta = DEFAULT_BETA_EPSILON
     loss, stats = poly_dpo_loss(ew, el, rw, rl, beta=beta, alpha=0.0)
-    # Wallace et al. / the reference implementation, written out directly
+    # diffusers examples/research_projects/diffusion_dpo/train_diffusion_dpo_sdxl.py, written out directly
     model_diff = ew - el
     ref_diff = rw - rl
     inside_term = -0.5 * beta * (model_diff - ref_diff)
     direct = -1 * F.logsigmoid(inside_term).mean()
     implicit_acc = (inside_term > 0).sum().double() / inside_term.size(0)
+    implicit_acc += 0.5 * (inside_term == 0).sum().double() / inside_term.size(0)
+    raw_model_loss = 0.5 * (ew.mean() + el.mean())
+    raw_ref_loss = torch.cat([rw, rl]).mean()
     assert loss.dtype == torch.float64
     assert loss.item() == pytest.approx(direct.item(), rel=1e-12, abs=1e-12)
     assert stats["poly_term"] == 0.0
     assert stats["dpo_loss"] == pytest.approx(stats["loss"], rel=1e-12)
     assert stats["implicit_acc"] == pytest.approx(implicit_acc.item(), abs=0)
+    assert stats["raw_model_loss"] == pytest.approx(raw_model_loss.item(), rel=1e-15)
+    assert stats["ref_loss"] == pytest.approx(raw_ref_loss.item(), rel=1e-15)
 
 
 def test_default_beta_is_reference_value():
@@ -86,7 +93,7 @@ def test_small_batch_matches_float64_reference(alpha):
     loss, stats = poly_dpo_loss(_t(ERR_W), _t(ERR_L), _t(REF_W), _t(REF_L), beta=beta, alpha=alpha)
     assert loss.ndim == 0
     assert loss.item() == pytest.approx(exp["loss"], rel=1e-12, abs=1e-12)
-    for key in ("loss", "dpo_loss", "poly_term", "implicit_acc", "reward_margin", "p_mean"):
+    for key in ("loss", "dpo_loss", "poly_term", "implicit_acc", "reward_margin", "p_mean", "raw_model_loss", "ref_loss"):
         assert isinstance(stats[key], float), key
         assert stats[key] == pytest.approx(exp[key], rel=1e-12, abs=1e-12), key
 
@@ -108,12 +115,13 @@ def test_hand_computed_two_pairs():
 
 
 def test_stats_exact():
-    # insides (beta = 2, refs 0): -(e_w - e_l) = [3, 1, 0, -1] -> acc 2/4 (tie counts as wrong)
+    # insides (beta = 2, refs 0): -(e_w - e_l) = [3, 1, 0, -1] -> acc (2 + 0.5) / 4 (a tie counts one half)
     loss, stats = poly_dpo_loss(
         _t([0.0, 0.0, 1.0, 1.0]), _t([3.0, 1.0, 1.0, 0.0]), _t([0.0] * 4), _t([0.0] * 4), beta=2.0, alpha=-0.5
     )
     ps = [_sigmoid(x) for x in (3.0, 1.0, 0.0, -1.0)]
-    assert stats["implicit_acc"] == 0.5
+    assert stats["implicit_acc"] == 0.625
+    assert stats["raw_model_loss"] == 0.5 * (0.5 + 1.25) and stats["ref_loss"] == 0.0
     assert stats["reward_margin"] == 0.75
     assert stats["p_mean"] == pytest.approx(sum(ps) / 4, rel=1e-14)
     assert stats["p_mean"] == pytest.approx(0.5 + (ps[0] - 0.5) / 4, rel=1e-14)  # sigmoid symmetry

@@ -130,6 +130,31 @@ def test_random_crop_and_flip_are_joint(tmp_path):
     assert len(places) > 12 and cut < 24  # crops really move between pairs and epochs
 
 
+def test_sdxl_conditioning_sizes_and_crop_corners(tmp_path):
+    # train_diffusion_dpo_sdxl.py: original_size = (height, width) before the resize; centre crop at
+    # y1 = max(0, int(round((H' - res) / 2.0))), x1 likewise, in the resized image
+    shard = _write_shard(tmp_path / "c" / "train-000000.tar", [_marker_pair(0, 30, 40, 2, 3)])
+    (batch,) = _take(build_loader(_cfg([shard], resolution=24, epochs=1), 1), 1)  # 30 x 40 -> 24 x 32
+    assert batch.original_sizes == [(30, 40)]
+    assert batch.crop_top_lefts == [(max(0, int(round((24 - 24) / 2.0))), max(0, int(round((32 - 24) / 2.0))))] == [(0, 4)]
+    # random crops and flips: the corner is where the fed pixels sit in the (flipped) 32 x 56 image
+    samples = [_marker_pair(i, 32, 56, 5 + i, 9 + 3 * i) for i in range(10)]
+    shard = _write_shard(tmp_path / "r" / "train-000000.tar", samples)
+    cfg = _cfg([shard], resolution=32, random_crop=True, random_flip=True, epochs=1)
+    markers = {_key(i): (5 + i, 9 + 3 * i) for i in range(10)}
+    flipped = 0
+    for batch in build_loader(cfg, 5):
+        assert batch.original_sizes == [(32, 56)] * 5
+        for w, key, (top, left) in zip(batch.pixels_w, batch.pair_ids, batch.crop_top_lefts):
+            y, x = markers[key]
+            at = (w.sum(0) > -3).nonzero().tolist()
+            assert top == 0 and 0 <= left <= 56 - 32
+            if at:  # seen at x - left unflipped, or at (55 - x) - left in the flipped image
+                assert at[0][0] == y and at[0][1] in (x - left, 55 - x - left)
+                flipped += at[0][1] == 55 - x - left and x - left != 55 - x - left
+    assert flipped  # some pairs were flipped, and their corners are in flipped coordinates
+
+
 def test_identical_winner_and_loser_give_identical_tensors(tmp_path):
     img = encode_image(np.random.default_rng(0).integers(0, 256, (30, 44, 3), dtype=np.uint8), "png")
     shard = _write_shard(tmp_path / "train-000000.tar", [_sample(i, "aesthetics", img, img) for i in range(6)])
@@ -260,8 +285,23 @@ def test_malformed_samples_are_skipped_and_named(tmp_path, caplog):
     assert not marker.exists()  # the .pyd member was never unpickled
     assert loader.stats == {**dict.fromkeys(STAT_NAMES, 0), "pairs": 4, "malformed": 4, "other_modality": 1}
     text = caplog.text
-    for i, why in ((3, "winner png does not decode"), (4, "no lose."), (5, "category 'sharpness'"), (6, "refused before decoding")):
+    for i, why in ((3, "winner png: not a JPEG, PNG or WEBP image"), (4, "no lose."), (5, "category 'sharpness'"), (6, "refused before decoding")):
         assert f"train-000000.tar: {_key(i)}: skipped, " in text and why in text, (i, text)
+
+
+def test_hostile_json_members_are_skipped_not_fatal(tmp_path, caplog):
+    """A sample's json nested 100,000 deep, or not UTF-8, is one skipped sample (never a RecursionError)."""
+    good = [_sample(i, "aesthetics", _flat(10), _flat(20)) for i in range(2)]
+    deep = {**_sample(2, "aesthetics", _flat(10), _flat(20)), "json": b"[" * 100_000 + b"]" * 100_000}
+    latin = {**_sample(3, "aesthetics", _flat(10), _flat(20)), "json": b'{"prompt": "caf\xe9"}'}
+    shard = _write_shard(tmp_path / "s" / "train-000000.tar", [good[0], deep, latin, good[1]])
+    with caplog.at_level(logging.WARNING, logger="vipo.trainer.data"):
+        loader = build_loader(_cfg([shard.parent], epochs=1), 8)
+        ids = _ids(list(loader))
+    assert ids == [_key(0), _key(1)]
+    assert loader.stats["malformed"] == 2
+    assert f"{_key(2)}: skipped, json member: JSON nested deeper than 64 levels" in caplog.text
+    assert f"{_key(3)}: skipped, json member: not UTF-8 (byte 0xe9 at offset 15)" in caplog.text
 
 
 def test_truncated_shard_keeps_its_good_samples(tmp_path, caplog):

@@ -99,12 +99,15 @@ def test_learns_a_planted_preference_and_exports_lora(tmp_path, unit_sd15, vipo_
     assert result.steps == 40 and (tmp_path / "run" / "final" / "pytorch_lora_weights.safetensors").exists()
     rows = _rows(result.metrics_csv)
     assert [int(r["step"]) for r in rows] == list(range(1, 41))
-    assert {"loss", "implicit_acc", "reward_margin", "p_mean", "lr"} <= set(rows[0])
+    assert {"loss", "implicit_acc", "reward_margin", "p_mean", "raw_model_loss", "ref_loss", "lr"} <= set(rows[0])
+    # step 1 runs on the fresh adapters (B = 0): the policy's denoising error is the reference's, exactly
+    assert rows[0]["raw_model_loss"] == rows[0]["ref_loss"] and float(rows[0]["ref_loss"]) > 0
+    assert rows[-1]["raw_model_loss"] != rows[-1]["ref_loss"]
 
     # Load the exported LoRA back through diffusers into a fresh pipeline; reference = a frozen copy
-    # of the base. Before loading, policy == reference and no pair is ranked (ties count as wrong).
+    # of the base. Before loading, policy == reference: every pair is a tie, counted one half (diffusers' rule).
     model = load_train_model("tiny-sd15", path=unit_sd15, lora_rank=None, cache_dir=vipo_cache)
-    assert _heldout_accuracy(model, 1000.0) == 0.0
+    assert _heldout_accuracy(model, 1000.0) == 0.5
     model.pipe.load_lora_weights(str(result.final_dir))
     acc = _heldout_accuracy(model, 1000.0)
     print(f"held-out implicit accuracy after 40 steps: {acc:.3f}")
@@ -162,6 +165,7 @@ def test_sft_then_dpo_and_full_weights_export(tmp_path, vipo_cache):
     assert [r["phase"] for r in rows] == ["sft", "sft", "dpo"]
     assert [float(r["lr"]) for r in rows] == [1e-3] * 3  # constant, no warmup configured
     assert rows[0]["implicit_acc"] == "" and rows[2]["implicit_acc"] != ""
+    assert rows[0]["ref_loss"] == "" and float(rows[0]["raw_model_loss"]) > 0 and rows[2]["ref_loss"] != ""
     unet = UNet2DConditionModel.from_pretrained(result.final_dir)
     base = load_train_model("tiny-sd15", lora_rank=None, cache_dir=vipo_cache).denoiser
     moved = [n for n, p in unet.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
@@ -174,6 +178,76 @@ def test_data_running_out_stops_early_with_a_note(tmp_path, vipo_cache):
     assert result.steps == 2 and "data ran out after 2 of 5 steps" in result.last["stopped_early"]
     # constant schedule with linear warmup over 4 steps: step k applies 3e-3 * (k - 1) / 4 (transformers' warmup)
     assert [float(r["lr"]) for r in _rows(result.metrics_csv)] == pytest.approx([0.0, 3e-3 / 4])
+
+
+class NaNAt(ColourPairs):
+    """ColourPairs whose batch `bad` has NaN winner pixels (the VAE passes them on: NaN latents, NaN loss)."""
+
+    def __init__(self, batches: int, batch_size: int, bad: int):
+        super().__init__(batches, batch_size)
+        self.bad = bad
+
+    def _make(self, i: int) -> PairBatch:
+        b = super()._make(i)
+        if i == self.bad:
+            b.pixels_w[0, 0, 0, 0] = float("nan")
+        return b
+
+
+def test_non_finite_loss_stops_at_once_and_saves_nothing_of_it(tmp_path, vipo_cache):
+    from trainer.loop import NonFiniteError
+
+    cfg = _cfg(tmp_path / "run", max_steps=6, batch_size=2, checkpoint_every=2, cache_dir=str(vipo_cache))
+    with pytest.raises(NonFiniteError) as err:
+        train(cfg, loader=NaNAt(6, 2, bad=2))  # the third batch: step 3
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("train: non-finite loss (nan) at step 3, micro-batch 1 of 1, rank 0, pairs "
+                                             "0000000200000000, 0000000200000001; stopped before the optimiser step")
+    assert "newest checkpoint: step-00000002" in msg
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002"]
+    assert not (run / "final").exists()
+    assert [r["step"] for r in _rows(run / "metrics.csv")] == ["1", "2"]
+    # the process is usable again (accelerate's state was released): a clean run in bf16
+    assert train(_cfg(tmp_path / "ok", max_steps=1, batch_size=2, mixed_precision="bf16", cache_dir=str(vipo_cache)),
+                 loader=ColourPairs(1, 2)).steps == 1
+
+
+def test_non_finite_gradient_stops_before_the_update(tmp_path, vipo_cache, monkeypatch):
+    import trainer.loop as loop_module
+
+    calls = []
+
+    def nan_grad_step(model, policy, batch, generator, **kw):
+        loss, stats = train_step(model, policy, batch, generator, **kw)
+        calls.append(1)
+        if len(calls) == 4:  # step 2, second micro-batch: a finite loss whose gradient is NaN
+            p = next(q for q in model.denoiser.parameters() if q.requires_grad)
+            loss = loss + torch.where(torch.tensor(False), torch.sqrt(-p.square().sum() - 1), torch.zeros(()))
+        return loss, stats
+
+    monkeypatch.setattr(loop_module, "train_step", nan_grad_step)
+    cfg = _cfg(tmp_path / "run", max_steps=4, batch_size=2, gradient_accumulation_steps=2, checkpoint_every=1,
+               cache_dir=str(vipo_cache))
+    with pytest.raises(loop_module.NonFiniteError, match=r"^train: non-finite gradient norm \(nan\) at step 2, rank 0, pairs "
+                       r"0000000200000000, 0000000200000001, 0000000300000000, 0000000300000001; stopped before"):
+        train(cfg, loader=ColourPairs(8, 2))
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-00000001"]
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_scale_lr_multiplies_by_the_pairs_per_step(tmp_path, vipo_cache):
+    from trainer.loop import effective_learning_rate
+
+    # Salesforce DiffusionDPO launchers/sd15.sh: --learning_rate=1e-8 --scale_lr, train_batch_size 1,
+    # gradient_accumulation_steps 128 on 16 GPUs (2048 pairs a step): 2.048e-5 applied
+    paper = _cfg(tmp_path / "p", batch_size=1, gradient_accumulation_steps=128, optim={"learning_rate": 1e-8, "scale_lr": True})
+    assert effective_learning_rate(paper, 16) == pytest.approx(1e-8 * 128 * 1 * 16, rel=1e-15)
+    assert effective_learning_rate(_cfg(tmp_path / "q", batch_size=4), 8) == 3e-3  # off by default, as in diffusers
+    cfg = _cfg(tmp_path / "run", max_steps=2, batch_size=2, gradient_accumulation_steps=2, cache_dir=str(vipo_cache),
+               optim={"learning_rate": 1e-3, "scale_lr": True})
+    rows = _rows(train(cfg, loader=ColourPairs(4, 2)).metrics_csv)
+    assert [float(r["lr"]) for r in rows] == pytest.approx([4e-3, 4e-3], rel=1e-12)  # 1e-3 x 2 micro-batches x 2 pairs
 
 
 def test_optimizer_flags(vipo_cache):

@@ -55,6 +55,30 @@ def test_diffusion_objective_refuses_unknown_prediction_type():
         DiffusionObjective.from_scheduler_config({**SD15, "prediction_type": "sample"})
 
 
+# Published scheduler configs (the hub repos' scheduler/scheduler_config.json), written here as facts.
+SD35_MEDIUM = {"num_train_timesteps": 1000, "shift": 3.0}  # stabilityai/stable-diffusion-3.5-medium
+FLUX1_DEV = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5,
+             "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}  # black-forest-labs/FLUX.1-dev
+# Wan-AI/Wan2.1-T2V-1.3B-Diffusers ships UniPC in flow mode (diffusers docs/source/en/api/pipelines/wan.md)
+WAN21_1_3B = {"num_train_timesteps": 1000, "prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": 3.0}
+
+
+def _script_sigmas(config, batch, generator, weighting_scheme="logit_normal", logit_mean=0.0, logit_std=1.0, mode_scale=1.29):
+    """diffusers examples/dreambooth/train_dreambooth_lora_sd3.py (and _flux.py), transcribed:
+    noise_scheduler_copy, compute_density_for_timestep_sampling, indices, timesteps, get_sigmas."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    noise_scheduler_copy = FlowMatchEulerDiscreteScheduler.from_config(config)
+    u = compute_density_for_timestep_sampling(weighting_scheme=weighting_scheme, batch_size=batch, logit_mean=logit_mean,
+                                              logit_std=logit_std, mode_scale=mode_scale, generator=generator)
+    indices = (u * noise_scheduler_copy.config.num_train_timesteps).long()
+    timesteps = noise_scheduler_copy.timesteps[indices]
+    schedule_timesteps = noise_scheduler_copy.timesteps
+    step_indices = [(schedule_timesteps == t).nonzero().item() for t in timesteps]
+    return noise_scheduler_copy.sigmas[step_indices].flatten(), timesteps
+
+
 def test_flow_interpolation_target_and_timesteps():
     obj = FlowObjective(weighting_scheme="uniform")
     x0, noise = torch.tensor([[1.0, -2.0]]), torch.tensor([[3.0, 0.5]])
@@ -70,15 +94,90 @@ def test_shift_sigmas_exact():
     assert torch.equal(shift_sigmas(s, 1.0), s)
 
 
-def test_flow_sampling_matches_the_sd3_script_density():
-    # logit-normal: sigmoid(N(mean, std)) drawn from the same generator, then the static shift
-    obj = FlowObjective("logit_normal", logit_mean=0.3, logit_std=0.7, shift=3.0)
-    got = obj.sample_timesteps(6, generator=torch.Generator().manual_seed(7))
-    u = torch.sigmoid(torch.normal(0.3, 0.7, size=(6,), generator=torch.Generator().manual_seed(7)))
-    torch.testing.assert_close(got, (3 * u / (1 + 2 * u)).float())
-    uni = FlowObjective("uniform").sample_timesteps(5, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(uni, torch.rand(5, generator=torch.Generator().manual_seed(1)))
-    assert ((got > 0) & (got < 1)).all()
+@pytest.mark.parametrize("config", [SD35_MEDIUM, FLUX1_DEV], ids=["sd35-medium", "flux1-dev"])
+@pytest.mark.parametrize("scheme", [
+    {"weighting_scheme": "logit_normal"},
+    {"weighting_scheme": "logit_normal", "logit_mean": 0.5, "logit_std": 0.7},
+    {"weighting_scheme": "mode"},
+    {"weighting_scheme": "uniform"},
+])
+def test_flow_sampling_is_the_diffusers_scripts_rule(config, scheme):
+    # the same generator state: vipo's sigmas and timesteps equal the scripts', bit for bit
+    kw = {k: v for k, v in scheme.items() if k != "weighting_scheme"}
+    obj = FlowObjective.from_scheduler_config(config, weighting_scheme=scheme["weighting_scheme"], **kw)
+    got = obj.sample_timesteps(4000, generator=torch.Generator().manual_seed(11))
+    script_scheme = "none" if scheme["weighting_scheme"] == "uniform" else scheme["weighting_scheme"]
+    want, want_t = _script_sigmas(config, 4000, torch.Generator().manual_seed(11), script_scheme, **kw)
+    assert torch.equal(got, want)
+    assert torch.equal(obj.model_timesteps(got), want_t)
+
+
+def _logit_normal_mean(f, mean: float, std: float, n: int = 20001) -> float:
+    """E[f(sigmoid(z))], z ~ N(mean, std), by the trapezoid rule over +-8 std (independent of torch)."""
+    lo, hi = mean - 8 * std, mean + 8 * std
+    h = (hi - lo) / (n - 1)
+    total = 0.0
+    for i in range(n):
+        z = lo + i * h
+        w = 0.5 if i in (0, n - 1) else 1.0
+        total += w * f(1 / (1 + math.exp(-z))) * math.exp(-0.5 * ((z - mean) / std) ** 2)
+    return total * h / (std * math.sqrt(2 * math.pi))
+
+
+def test_flow_mean_sigma_against_the_published_configs():
+    g = torch.Generator().manual_seed(0)
+    # FLUX.1-dev: dynamic shifting, so the training table is unshifted and sigma = 1 - floor(1000 u) / 1000:
+    # mean 0.5005 for logit-normal(0, 1); the static shift 3 of its config would make it 0.713
+    flux = FlowObjective.from_scheduler_config(FLUX1_DEV).sample_timesteps(200_000, generator=g)
+    assert abs(flux.mean().item() - 0.5005) < 0.01
+    # SD3.5: static shift 3 of 1 - u; logit mean 0.5 means *less* noise in the scripts (0.62, not 0.79)
+    want = _logit_normal_mean(lambda u: 3 * (1 - u) / (1 + 2 * (1 - u)), 0.5, 1.0)
+    assert abs(want - 0.62) < 0.01
+    sd3 = FlowObjective.from_scheduler_config(SD35_MEDIUM, logit_mean=0.5).sample_timesteps(200_000, generator=g)
+    assert abs(sd3.mean().item() - want) < 0.01
+
+
+def test_sigma_tables_of_wan_and_of_a_shift_override():
+    i = torch.arange(1000, dtype=torch.float64)
+    unshifted = (1000 - i) / 1000
+    wan = FlowObjective.from_scheduler_config(WAN21_1_3B)
+    torch.testing.assert_close(wan.sigmas.double(), 3 * unshifted / (1 + 2 * unshifted), rtol=0, atol=1e-6)
+    over = FlowObjective.from_scheduler_config(FLUX1_DEV, shift=2.0)  # objective.flow_shift replaces the dynamic rule
+    torch.testing.assert_close(over.sigmas.double(), 2 * unshifted / (1 + unshifted), rtol=0, atol=1e-6)
+    flux = FlowObjective.from_scheduler_config(FLUX1_DEV)
+    torch.testing.assert_close(flux.sigmas.double(), unshifted, rtol=0, atol=1e-7)
+
+
+def test_u_at_one_is_clamped_to_the_last_sigma(monkeypatch):
+    import diffusers.training_utils as tu
+
+    monkeypatch.setattr(tu, "compute_density_for_timestep_sampling", lambda *a, **k: torch.tensor([0.0, 0.9995, 1.0]))
+    s = FlowObjective.from_scheduler_config(SD35_MEDIUM).sample_timesteps(3)
+    assert s[0].item() == 1.0 and s[1].item() == s[2].item() == pytest.approx(3 * 0.001 / (1 + 2 * 0.001), abs=1e-7)
+
+
+def test_x0_target_is_the_sd3_scripts_preconditioning():
+    # train_dreambooth_lora_sd3.py --precondition_outputs 1: model_pred = model_pred * (-sigmas) + noisy_model_input,
+    # target = model_input
+    g = torch.Generator().manual_seed(3)
+    x0, noise, out = (torch.randn(4, 16, 4, 4, generator=g) for _ in range(3))
+    velocity = FlowObjective.from_scheduler_config(SD35_MEDIUM)
+    x0_obj = FlowObjective.from_scheduler_config(SD35_MEDIUM, target_space="x0")
+    sigmas = x0_obj.sample_timesteps(4, generator=g)
+    sig = sigmas.view(-1, 1, 1, 1)
+    noisy_model_input = (1.0 - sig) * x0 + sig * noise
+    torch.testing.assert_close(x0_obj.add_noise(x0, noise, sigmas), noisy_model_input, rtol=0, atol=0)
+    assert torch.equal(x0_obj.target(x0, noise, sigmas), x0)
+    assert torch.equal(x0_obj.prediction(out, noisy_model_input, sigmas), out * (-sig) + noisy_model_input)
+    assert torch.equal(velocity.prediction(out, noisy_model_input, sigmas), out)
+    # the two errors differ by sigma^2 per sample: (x_s - s v - x0) = s ((eps - x0) - v)
+    from trainer.losses import per_sample_error
+
+    e_x0 = per_sample_error(x0_obj.prediction(out, noisy_model_input, sigmas), x0)
+    e_v = per_sample_error(out, velocity.target(x0, noise, sigmas))
+    torch.testing.assert_close(e_x0, sigmas.double().square().float() * e_v, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="target 'eps'"):
+        FlowObjective(target_space="eps")
 
 
 @pytest.mark.parametrize("objective", [DiffusionObjective.from_scheduler_config(SD15), FlowObjective()])
@@ -87,7 +186,8 @@ def test_winner_and_loser_share_noise_and_timestep(objective):
     pair = noise_pair(objective, x_w, x_l, torch.Generator().manual_seed(0))
     assert pair.noisy.shape == pair.target.shape == (6, 4, 8, 8)
     assert torch.equal(pair.timesteps[:3], pair.timesteps[3:])
-    t = pair.timesteps[:3] if isinstance(objective, DiffusionObjective) else pair.timesteps[:3] / 1000
+    t = pair.t[:3]
+    assert torch.equal(pair.timesteps[:3], objective.model_timesteps(t))
     torch.testing.assert_close(pair.noisy[:3], objective.add_noise(x_w, pair.noise, t))
     torch.testing.assert_close(pair.noisy[3:], objective.add_noise(x_l, pair.noise, t))
     torch.testing.assert_close(pair.target[3:], objective.target(x_l, pair.noise, t))

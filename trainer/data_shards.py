@@ -11,12 +11,12 @@ header (`probe_video`).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from typing import IO
 
 import numpy as np
 
+from pipeline.formats.bounded import MAX_TEXT_BYTES, InputError, load_json
 from pipeline.formats.shards import (
     MAX_MEMBER_BYTES,
     READ_ERRORS,
@@ -33,7 +33,7 @@ from schemas.shard import IMAGE_EXTENSIONS, VIDEO_EXTENSION
 from schemas.train_data import TrainDataConfig
 from trainer.data_stream import Record, Skipped
 
-MAX_JSON_BYTES = 1 << 20  # a sample's json is a few KB; more is not ours
+MAX_JSON_BYTES = MAX_TEXT_BYTES  # a sample's json is a few KB; more is not ours
 
 
 def _first_modality(path: str) -> str | None:
@@ -43,9 +43,9 @@ def _first_modality(path: str) -> str | None:
             for sample in index_samples(f):
                 member = sample.members.get("json")
                 if member is not None and member.size <= MAX_JSON_BYTES:
-                    meta = json.loads(read_at(f, member.offset, member.size))
+                    meta = load_json(read_at(f, member.offset, member.size))
                     return meta.get("modality") if isinstance(meta, dict) else None
-    except (*READ_ERRORS, OSError, ValueError):
+    except (*READ_ERRORS, OSError, ValueError):  # InputError is a ValueError
         return None
     return None
 
@@ -90,11 +90,11 @@ class ShardSource:
         if size > MAX_JSON_BYTES:
             return bad(f"json member of {size} bytes (limit {MAX_JSON_BYTES})")
         try:
-            meta = json.loads(read_at(data, members["json"].offset, size))
+            meta = load_json(read_at(data, members["json"].offset, size))
         except ShardError as err:
             return bad(f"json {err}")
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            return bad(f"json member does not parse: {err}")
+        except InputError as err:  # not UTF-8, not JSON, nested too deep
+            return bad(f"json member: {err}")
         if not isinstance(meta, dict):
             return bad("json member is not an object")
         if meta.get("modality") != self.cfg.modality:

@@ -146,7 +146,7 @@ class PairStream:
     def _emit(self, record: Record) -> dict | None:
         try:
             win, lose = self.source.load_pair(record)
-            w, lo = joint_transform(
+            w, lo, corner = joint_transform(
                 to_tensor(win), to_tensor(lose), size=self.cfg.resolution, random_crop=self.cfg.random_crop,
                 random_flip=self.cfg.random_flip, rng=pair_rng(self.cfg.seed, self.epoch, record.key),
             )
@@ -163,7 +163,8 @@ class PairStream:
             return None
         self.stats["pairs"] += 1
         self._epoch_pairs += 1
-        return {"pixels_w": w, "pixels_l": lo, "prompt": record.prompt, "category": record.category, "pair_id": record.key}
+        return {"pixels_w": w, "pixels_l": lo, "prompt": record.prompt, "category": record.category, "pair_id": record.key,
+                "original_size": tuple(int(d) for d in win.shape[-3:-1]), "crop_top_left": corner}
 
     def _take(self, rec: Record | Skipped | None) -> Record | None:
         """The record to put in the buffer, or None after counting why not."""

@@ -41,26 +41,30 @@ def _resize_short_side(x: Tensor, size: int) -> Tensor:
     return out.reshape(3, *new_hw) if x.ndim == 3 else out.permute(1, 0, 2, 3)
 
 
-def _crop(x: Tensor, size: int, u: float, v: float) -> Tensor:
-    """The size x size window at relative position (u, v) in [0, 1] of the free space."""
-    h, w = x.shape[-2:]
-    top, left = round(v * (h - size)), round(u * (w - size))
-    return x[..., top : top + size, left : left + size]
+def _crop_corner(h: int, w: int, size: int, u: float, v: float) -> tuple[int, int]:
+    """(top, left) of the size x size window at relative position (u, v) in [0, 1] of the free space."""
+    return round(v * (h - size)), round(u * (w - size))
 
 
 def joint_transform(
     win: Tensor, lose: Tensor, *, size: int, random_crop: bool, random_flip: bool, rng: np.random.Generator
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, tuple[int, int]]:
     """Resize both short sides to `size`, cut one square window, flip both or neither.
 
     One crop position and one flip draw serve both. When the two differ in size after resizing
     (generators with different aspect ratios), the window sits at the same *relative* position in
-    each; for equal sizes that is the same box, pixel for pixel.
+    each; for equal sizes that is the same box, pixel for pixel. Also returns the winner's crop
+    corner (top, left) in its resized image as fed (mirrored when flipped: the corner of the same
+    pixels cut from the flipped image, as diffusers' SDXL scripts flip before they crop).
     """
     u, v = (float(rng.random()), float(rng.random())) if random_crop else (0.5, 0.5)
     flip = bool(rng.random() < 0.5) if random_flip else False
-    out = []
+    out, corners = [], []
     for x in (win, lose):
-        x = _crop(_resize_short_side(x, size), size, u, v)
+        x = _resize_short_side(x, size)
+        h, w = x.shape[-2:]
+        top, left = _crop_corner(h, w, size, u, v)
+        x = x[..., top : top + size, left : left + size]
+        corners.append((top, (w - size - left) if flip else left))
         out.append((x.flip(-1) if flip else x).contiguous())
-    return out[0], out[1]
+    return out[0], out[1], corners[0]

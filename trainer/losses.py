@@ -116,9 +116,11 @@ def poly_dpo_loss(
     Returns:
         ``(loss, stats)``: a scalar tensor (dtype at least float32) and python floats ``loss``,
         ``dpo_loss`` (mean ``-logsigmoid(inside)``), ``poly_term`` (mean ``alpha * (1 - p)``),
-        ``implicit_acc`` (share of pairs with ``inside > 0``; ties count as wrong, as in the
-        reference implementation), ``reward_margin`` (mean ``inside``), ``p_mean`` (mean ``p``),
-        ``model_diff`` (mean ``err_w - err_l``), ``ref_diff`` (mean ``ref_err_w - ref_err_l``).
+        ``implicit_acc`` (share of pairs with ``inside > 0``, a tie ``inside == 0`` counting one
+        half, as diffusers' `train_diffusion_dpo*.py` count it), ``reward_margin`` (mean ``inside``),
+        ``p_mean`` (mean ``p``), ``model_diff`` (mean ``err_w - err_l``), ``ref_diff`` (mean
+        ``ref_err_w - ref_err_l``), ``raw_model_loss`` / ``ref_loss`` (the policy's / reference's
+        mean denoising error over winners and losers, the references' logged names).
     """
     _check_errors(
         "poly_dpo_loss", "pair", model_err_w=model_err_w, model_err_l=model_err_l, ref_err_w=ref_err_w, ref_err_l=ref_err_l
@@ -154,14 +156,17 @@ def poly_dpo_loss(
                 loss.detach(),
                 dpo_loss.detach(),
                 poly_term.detach(),
-                (inside > 0).to(dtype).mean(),
+                (inside > 0).to(dtype).mean() + 0.5 * (inside == 0).to(dtype).mean(),
                 inside.mean(),
                 p.mean(),
                 model_diff.mean(),
                 ref_diff.mean(),
+                0.5 * (model_err_w.detach().to(dtype).mean() + model_err_l.detach().to(dtype).mean()),
+                0.5 * (ref_err_w.detach().to(dtype).mean() + ref_err_l.detach().to(dtype).mean()),
             ]
         ).tolist()
-    keys = ("loss", "dpo_loss", "poly_term", "implicit_acc", "reward_margin", "p_mean", "model_diff", "ref_diff")
+    keys = ("loss", "dpo_loss", "poly_term", "implicit_acc", "reward_margin", "p_mean", "model_diff", "ref_diff",
+            "raw_model_loss", "ref_loss")
     stats = {k: float(v) for k, v in zip(keys, values)}
     return loss, stats
 

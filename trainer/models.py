@@ -10,7 +10,7 @@ second copy in memory), and a frozen deep copy for full fine-tuning. Per family:
 | family | denoiser | latents | conditioning | objective |
 | --- | --- | --- | --- | --- |
 | sd15 | UNet | `vae * scaling_factor` | CLIP hidden states | epsilon / v |
-| sdxl | UNet | `vae * scaling_factor` | both CLIP towers + pooled + six time ids | epsilon / v |
+| sdxl | UNet | `vae * scaling_factor` (VAE float32) | both CLIP towers + pooled + six time ids per pair | epsilon / v |
 | sd3 | SD3 DiT | `(vae - shift) * scaling` | CLIP x2 + T5, pooled | flow |
 | flux | FLUX DiT | `(vae - shift) * scaling`, 2x2 packed | CLIP pooled + T5, guidance | flow |
 | wan21 | Wan DiT | Wan video VAE, `(z - mean) / std` | UMT5 | flow |
@@ -29,13 +29,27 @@ from torch import Tensor, nn
 
 from trainer.objectives import DiffusionObjective, FlowObjective, Objective
 
-__all__ = ["FAMILIES", "LORA_TARGETS", "TrainModel", "load_train_model", "resolve_spec"]
+__all__ = ["FAMILIES", "LORA_TARGETS", "TrainModel", "load_train_model", "resolve_spec", "sampling_sequence_length"]
 
 FAMILIES = ("sd15", "sdxl", "sd3", "flux", "wan21")
 FLOW_FAMILIES = ("sd3", "flux", "wan21")
-#: Attention projections of every family's denoiser (diffusers names): the LoRA default of the
-#: diffusers training scripts.
-LORA_TARGETS = ("to_k", "to_q", "to_v", "to_out.0")
+_UNET_ATTENTION = ("to_k", "to_q", "to_v", "to_out.0")
+_MMDIT_ATTENTION = ("attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out",
+                    "attn.to_k", "attn.to_out.0", "attn.to_q", "attn.to_v")
+#: Default LoRA target modules per family (peft suffix match on diffusers module names), each the
+#: default of the reference training script for that family (docs/training.md names them).
+LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    # diffusers examples/research_projects/diffusion_dpo/train_diffusion_dpo{,_sdxl}.py
+    "sd15": _UNET_ATTENTION,
+    "sdxl": _UNET_ATTENTION,
+    # diffusers examples/dreambooth/train_dreambooth_lora_sd3.py (no --lora_layers)
+    "sd3": _MMDIT_ATTENTION,
+    # diffusers examples/dreambooth/train_dreambooth_lora_flux.py (no --lora_layers)
+    "flux": _MMDIT_ATTENTION + ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"),
+    # DiffSynth-Studio diffsynth/diffusion/parsers.py --lora_target_modules "q,k,v,o,ffn.0,ffn.2" (Wan's
+    # own names) in diffusers' names: self- and cross-attention q/k/v/out of every block, and its FFN
+    "wan21": ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"),
+}
 _DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -72,11 +86,15 @@ class TrainModel:
 
     # -- conditioning -------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str], height: int, width: int) -> dict[str, Any]:
+    def encode_prompts(self, prompts: list[str], height: int, width: int,
+                       original_sizes: list[tuple[int, int]] | None = None,
+                       crop_top_lefts: list[tuple[int, int]] | None = None) -> dict[str, Any]:
         """Text conditioning for B prompts, already doubled for the (winners, losers) batch.
 
-        `height`/`width` are the pixel size (SDXL's micro-conditioning time ids: original = target
-        size, crop at (0, 0), as the data side crops jointly and does not report the original size).
+        `height`/`width` are the pixel size fed to the VAE. SDXL's micro-conditioning time ids are,
+        per pair, (original size, crop top-left, target size) as diffusers' `train_diffusion_dpo_sdxl.py`
+        builds them; without `original_sizes` / `crop_top_lefts` (pixels already at their size) they
+        say "native size, uncropped": original = target, crop (0, 0).
         """
         p, dev, msl = list(prompts), self.device, self.max_sequence_length
         if self.family == "sd15":
@@ -84,21 +102,27 @@ class TrainModel:
             cond: dict[str, Any] = {"encoder_hidden_states": emb}
         elif self.family == "sdxl":
             emb, _, pooled, _ = self.pipe.encode_prompt(p, device=dev, num_images_per_prompt=1, do_classifier_free_guidance=False)
-            ids = self.pipe._get_add_time_ids(
-                (height, width), (0, 0), (height, width), dtype=emb.dtype,
-                text_encoder_projection_dim=self.pipe.text_encoder_2.config.projection_dim,
-            ).to(dev).repeat(len(p), 1)
+            sizes = original_sizes or [(height, width)] * len(p)
+            crops = crop_top_lefts or [(0, 0)] * len(p)
+            if not len(sizes) == len(crops) == len(p):
+                raise ValueError(f"sdxl: {len(p)} prompts, {len(sizes)} original sizes, {len(crops)} crop corners")
+            proj = self.pipe.text_encoder_2.config.projection_dim
+            ids = torch.cat([
+                self.pipe._get_add_time_ids(tuple(size), tuple(crop), (height, width), dtype=emb.dtype,
+                                            text_encoder_projection_dim=proj)
+                for size, crop in zip(sizes, crops)
+            ]).to(dev)
             cond = {"encoder_hidden_states": emb, "added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids}}
         elif self.family == "sd3":
             emb, _, pooled, _ = self.pipe.encode_prompt(
-                p, p, p, device=dev, do_classifier_free_guidance=False, max_sequence_length=msl or 256
+                p, p, p, device=dev, do_classifier_free_guidance=False, max_sequence_length=msl
             )
             cond = {"encoder_hidden_states": emb, "pooled_projections": pooled}
         elif self.family == "flux":
-            emb, pooled, text_ids = self.pipe.encode_prompt(p, p, device=dev, max_sequence_length=msl or 512)
+            emb, pooled, text_ids = self.pipe.encode_prompt(p, p, device=dev, max_sequence_length=msl)
             return {"encoder_hidden_states": _repeat2(emb), "pooled_projections": _repeat2(pooled), "txt_ids": text_ids}
         else:  # wan21
-            emb, _ = self.pipe.encode_prompt(p, do_classifier_free_guidance=False, max_sequence_length=msl or 226, device=dev)
+            emb, _ = self.pipe.encode_prompt(p, do_classifier_free_guidance=False, max_sequence_length=msl, device=dev)
             cond = {"encoder_hidden_states": emb}
         return _repeat2(cond)
 
@@ -211,20 +235,55 @@ def resolve_spec(generator: str, path: str | None = None, pipeline_class: str | 
     return spec
 
 
+def sampling_sequence_length(spec: Any, pipeline_cls: type) -> int | None:
+    """T5/UMT5 prompt tokens the generator samples with, so training conditions on the same text length:
+    the registry's `max_sequence_length` (flux-schnell: 256) or the pipeline `__call__` default
+    (diffusers 0.42: SD3 256, FLUX 512, Wan 512; its `encode_prompt` default of 226 is not what it samples with)."""
+    import inspect
+
+    if "max_sequence_length" in spec.call_kwargs:
+        return int(spec.call_kwargs["max_sequence_length"])
+    param = inspect.signature(pipeline_cls.__call__).parameters.get("max_sequence_length")
+    return None if param is None or param.default is inspect.Parameter.empty else int(param.default)
+
+
+def vae_keeps_float32(family: str, vae_config: Any) -> bool:
+    """Whether the frozen VAE stays float32 under mixed precision, as each family's reference does.
+
+    Wan: its authors' float32 VAE. SD3: `train_dreambooth_lora_sd3.py` keeps it float32. SDXL:
+    float32 ("to avoid NaN losses", `train_diffusion_dpo_sdxl.py`: the stock VAE overflows in fp16)
+    unless the VAE's config says `force_upcast: false`, the flag diffusers' SDXL pipeline reads and
+    fp16-safe VAEs such as madebyollin/sdxl-vae-fp16-fix set. SD1.5 and FLUX: the weight dtype, as
+    `train_diffusion_dpo.py` and `train_dreambooth_lora_flux.py` cast it.
+    """
+    if family in ("wan21", "sd3"):
+        return True
+    if family == "sdxl":
+        return bool(getattr(vae_config, "force_upcast", True))
+    return False
+
+
+def _flow_objective(pipe: Any, weighting: str, mean: float, std: float, shift: float | None, target: str) -> FlowObjective:
+    return FlowObjective.from_scheduler_config(pipe.scheduler.config, shift=shift, weighting_scheme=weighting,
+                                               logit_mean=mean, logit_std=std, target_space=target)
+
+
 def load_train_model(
     generator: str,
     *,
     path: str | None = None,
     pipeline_class: str | None = None,
+    vae: str | None = None,
     lora_rank: int | None = 16,
     lora_alpha: float | None = None,
-    lora_targets: tuple[str, ...] = LORA_TARGETS,
+    lora_targets: tuple[str, ...] | None = None,
     mixed_precision: str = "no",
     prediction_type: str | None = None,
     flow_weighting: str = "logit_normal",
     flow_logit_mean: float = 0.0,
     flow_logit_std: float = 1.0,
     flow_shift: float | None = None,
+    flow_target: str = "velocity",
     max_sequence_length: int | None = None,
     gradient_checkpointing: bool = False,
     device: str | torch.device = "cpu",
@@ -233,8 +292,10 @@ def load_train_model(
 ) -> TrainModel:
     """Load `generator` (registry name, e.g. `sdxl`, `tiny-sd15`) from `path` or its default source.
 
-    `lora_rank=None` trains the full denoiser against a frozen copy. Frozen parts run in the
-    mixed-precision dtype; trainable parameters stay float32 (accelerate autocasts the forward).
+    `lora_rank=None` trains the full denoiser against a frozen copy; `lora_targets=None` takes the
+    family's default (`LORA_TARGETS`). `vae` replaces the pipeline's VAE (a hub id or folder loaded
+    with the same class). Frozen parts run in the mixed-precision dtype, the VAE as
+    `vae_keeps_float32` says; trainable parameters stay float32 (accelerate autocasts the forward).
     """
     from pipeline.generators import load_pipeline
     from pipeline.models import default_cache_dir, generator_path, quiet_hf_progress
@@ -243,6 +304,8 @@ def load_train_model(
     spec = replace(resolve_spec(generator, path, pipeline_class), dtype="float32")
     folder = generator_path(spec, Path(cache_dir) if cache_dir else default_cache_dir())
     pipe = load_pipeline(spec, folder, device=str(device))
+    if vae is not None:
+        pipe.register_modules(vae=type(pipe.vae).from_pretrained(vae).to(str(device)))
     weight_dtype = _DTYPES[mixed_precision]
     family = spec.family
     denoiser = pipe.unet if family in ("sd15", "sdxl") else pipe.transformer
@@ -251,15 +314,14 @@ def load_train_model(
         if isinstance(module, nn.Module):
             module.requires_grad_(False)
             module.eval()
-            keep_fp32 = module is denoiser or (family == "wan21" and name == "vae")  # Wan's VAE: float32 only
-            if not keep_fp32 and weight_dtype != torch.float32:
+            keep_fp32 = module is denoiser or (name == "vae" and vae_keeps_float32(family, module.config))
+            if keep_fp32:
+                module.to(dtype=torch.float32)
+            elif weight_dtype != torch.float32:
                 module.to(dtype=weight_dtype)
 
     if family in FLOW_FAMILIES:
-        sched_cfg = dict(pipe.scheduler.config)
-        shift = flow_shift if flow_shift is not None else float(sched_cfg.get("shift", sched_cfg.get("flow_shift", 1.0)) or 1.0)
-        objective: Objective = FlowObjective(flow_weighting, flow_logit_mean, flow_logit_std, shift=shift,
-                                             num_train_timesteps=int(sched_cfg.get("num_train_timesteps", 1000)))
+        objective: Objective = _flow_objective(pipe, flow_weighting, flow_logit_mean, flow_logit_std, flow_shift, flow_target)
     else:
         objective = DiffusionObjective.from_scheduler_config(pipe.scheduler.config, prediction_type)
 
@@ -273,7 +335,7 @@ def load_train_model(
         torch.manual_seed(seed)  # LoRA A init is random: make it a function of the run's seed
         try:
             denoiser.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha or lora_rank, init_lora_weights="gaussian",
-                                            target_modules=list(lora_targets)))
+                                            target_modules=list(lora_targets or LORA_TARGETS[family])))
         finally:
             torch.random.set_rng_state(state)
         for p in denoiser.parameters():
@@ -287,5 +349,6 @@ def load_train_model(
     if gradient_checkpointing:
         denoiser.enable_gradient_checkpointing()
     denoiser.train()
-    return TrainModel(family, pipe, denoiser, objective, lora_rank is not None, frozen_reference, max_sequence_length,
+    msl = max_sequence_length if max_sequence_length is not None else sampling_sequence_length(spec, type(pipe))
+    return TrainModel(family, pipe, denoiser, objective, lora_rank is not None, frozen_reference, msl,
                       weight_dtype=weight_dtype)
