@@ -41,9 +41,12 @@ def test_alias_bomb_costs_no_memory(tmp_path):
     """The refusal happens before any expansion: the child's peak RSS stays that of the import."""
     path = tmp_path / "bomb.yaml"
     path.write_text(BOMB)
-    # the child reports its own peak (RUSAGE_CHILDREN here would be the largest of every child this session ran)
-    code = (f"import resource\nfrom schemas.config_io import read_yaml, ConfigError\ntry:\n  read_yaml({str(path)!r})\n"
-            "except ConfigError as e:\n  print(e)\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    # The child reports its own peak, VmHWM of its address space. Not getrusage: RUSAGE_CHILDREN here is the
+    # largest child of the whole session, and Linux carries ru_maxrss across fork + exec, so a child of
+    # this (torch-sized) pytest process would report at least the parent's RSS.
+    code = (f"from schemas.config_io import read_yaml, ConfigError\ntry:\n  read_yaml({str(path)!r})\n"
+            "except ConfigError as e:\n  print(e)\n"
+            "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
     message, peak_kib = proc.stdout.strip().splitlines()
     assert "YAML aliases expand" in message
