@@ -16,15 +16,15 @@ from typing import IO
 
 import numpy as np
 
-from pipeline.formats.bounded import MAX_TEXT_BYTES, InputError, load_json
+from pipeline.formats.bounded import InputError, load_json
 from pipeline.formats.shards import (
-    MAX_MEMBER_BYTES,
     READ_ERRORS,
     Member,
     Sample,
     ShardError,
     ShardReadError,
     index_samples,
+    member_limit,
     read_at,
 )
 from pipeline.media import decode_image, probe_video, read_video_frames
@@ -33,7 +33,7 @@ from schemas.shard import IMAGE_EXTENSIONS, VIDEO_EXTENSION
 from schemas.train_data import TrainDataConfig
 from trainer.data_stream import Record, Skipped
 
-MAX_JSON_BYTES = MAX_TEXT_BYTES  # a sample's json is a few KB; more is not ours
+MAX_JSON_BYTES = member_limit("json")  # the shard format's cap on a text member (a record is a few KB)
 
 
 def _first_modality(path: str) -> str | None:
@@ -109,8 +109,9 @@ class ShardSource:
             found = [e for e in self.exts if f"{side}.{e}" in members]
             if not found:
                 return bad(f"no {side}.{'/'.join(self.exts)} member (has {sorted(members)})")
-            member = members[f"{side}.{found[0]}"]
-            why = member.over(MAX_MEMBER_BYTES)
+            suffix = f"{side}.{found[0]}"
+            member = members[suffix]
+            why = member.over(member_limit(suffix))
             if why:
                 return bad(why)
             media.append([found[0], member.offset, member.size])
