@@ -3,11 +3,16 @@
 Library. Each template of a category spans a mixed-radix index space: one digit per vocabulary it uses
 (fields sharing a vocabulary take distinct entries, so such a group is one digit over ordered choices).
 Index -> prompt is a bijection (the vocabularies are checked to make distinct prompts), so a category
-holds exactly `capacity(category)` prompts. `iter_prompts` walks every template's index space in a
-seeded pseudo-random order (a keyed Feistel permutation with cycle walking, vectorised with numpy),
-taking templates round-robin in a seeded order per round, so the first `n` prompts mix all the kinds of
-prompt of a category evenly. Everything is keyed by sha256 (and the raw PCG64 bit stream, which numpy
+holds exactly `capacity(category) + held_out_capacity(category)` prompts. `iter_prompts` walks every
+template's index space in a seeded pseudo-random order (a keyed Feistel permutation with cycle walking,
+vectorised with numpy), taking templates round-robin in a seeded order per round, so the first `n`
+prompts mix all the kinds of prompt of a category evenly. Everything is keyed by sha256 (and the raw PCG64 bit stream, which numpy
 keeps stable): the same seed gives the same order in any process, independent of `hash()`.
+
+Held out. One prompt in `HELD_OUT_PER_TEMPLATE_DIVISOR` of every template is set aside for evaluation,
+independently of any seed: with h = size // divisor and a permutation pi keyed by (category, template),
+the indices i with pi(i) < h. `iter_prompts` skips them (so `capacity` counts the rest), `iter_held_out`
+and `held_out_prompts` walk only them (`held_out_capacity` of them).
 
 Prompt files. `load_prompt_files` reads .txt / .jsonl / .csv / .parquet files of (category, prompt),
 reports every bad row as one line `file:line: what is wrong` and keeps the good ones.
@@ -183,9 +188,27 @@ def templates(category: str) -> tuple[Template, ...]:
     return tuple(Template.parse(t) for t in TEMPLATES[category])
 
 
+# One prompt in this many of every template is held out for evaluation (`cli.py eval`): never drawn by a
+# build, whatever its seed. A template of fewer than this many prompts holds none out.
+HELD_OUT_PER_TEMPLATE_DIVISOR = 1000
+
+
 def capacity(category: str) -> int:
-    """How many distinct prompts the library holds for a category."""
-    return sum(t.size for t in templates(category))
+    """How many distinct prompts a build can draw for a category (the library less its held-out part)."""
+    return sum(t.size - h for t, (h, _) in zip(templates(category), _held_out(category)))
+
+
+def held_out_capacity(category: str) -> int:
+    """How many prompts of a category are held out for evaluation (`iter_held_out`, `held_out_prompts`)."""
+    return sum(h for h, _ in _held_out(category))
+
+
+def held_out_indices(category: str, template: int) -> np.ndarray:
+    """The held-out indices of template number `template` of `templates(category)`, sorted (int64)."""
+    h, perm = _held_out(category)[template]
+    if not h:
+        return np.zeros(0, dtype=np.int64)
+    return np.sort(perm.invert(np.arange(h, dtype=np.int64)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,24 +236,53 @@ class Permutation:
         digest = hashlib.sha256(key.encode("utf-8")).digest()
         self._keys = [np.uint64(int.from_bytes(digest[8 * i : 8 * i + 8], "little")) for i in range(4)]
 
+    def _round(self, half: np.ndarray, k: np.uint64) -> np.ndarray:
+        f = (half ^ k) * _M1
+        f ^= f >> _S29
+        f *= _M2
+        f ^= f >> _S32
+        return f & self._mask
+
     def _encrypt(self, x: np.ndarray) -> np.ndarray:
         left, right = x >> self._half, x & self._mask
         for k in self._keys:
-            f = (right ^ k) * _M1
-            f ^= f >> _S29
-            f *= _M2
-            f ^= f >> _S32
-            left, right = right, left ^ (f & self._mask)
+            left, right = right, left ^ self._round(right, k)
         return (left << self._half) | right
 
-    def take(self, start: int, stop: int) -> np.ndarray:
-        """The permuted values at positions start..stop-1 (clipped to n)."""
-        y = self._encrypt(np.arange(start, min(stop, self.n), dtype=np.uint64))
+    def _decrypt(self, y: np.ndarray) -> np.ndarray:
+        left, right = y >> self._half, y & self._mask
+        for k in reversed(self._keys):
+            left, right = right ^ self._round(left, k), left
+        return (left << self._half) | right
+
+    def _walk(self, x: np.ndarray, step) -> np.ndarray:
+        """`step` applied until every value lands in range(n) (cycle walking)."""
+        y = step(x)
         out = y >= self.n
         while out.any():
-            y[out] = self._encrypt(y[out])
+            y[out] = step(y[out])
             out = y >= self.n
         return y
+
+    def _values(self, values) -> np.ndarray:
+        v = np.asarray(values)
+        if v.dtype.kind not in "iu":
+            raise TypeError(f"permutation values must be integers, got {v.dtype}")
+        if v.size and (v.min() < 0 or v.max() >= self.n):
+            raise IndexError(f"permutation value out of range(0, {self.n})")
+        return v.astype(np.uint64)
+
+    def take(self, start: int, stop: int) -> np.ndarray:
+        """The permuted values at positions start..stop-1 (clipped to n), as uint64."""
+        return self._walk(np.arange(start, min(stop, self.n), dtype=np.uint64), self._encrypt)
+
+    def apply(self, values) -> np.ndarray:
+        """The forward map on arbitrary values of range(n) (int64): `apply(arange(a, b)) == take(a, b)`."""
+        return self._walk(self._values(values), self._encrypt).astype(np.int64)
+
+    def invert(self, values) -> np.ndarray:
+        """The inverse map (int64): `invert(apply(x)) == x` (Feistel decryption, rounds reversed, walked back)."""
+        return self._walk(self._values(values), self._decrypt).astype(np.int64)
 
     def __iter__(self) -> Iterator[int]:
         for start in range(0, self.n, self.CHUNK):
@@ -238,36 +290,57 @@ class Permutation:
 
 
 class _Stream:
-    """One template's prompts in its seeded order, rendered a chunk at a time."""
+    """One template's prompts in a seeded order, rendered a chunk at a time.
 
-    def __init__(self, template: Template, key: str):
-        self.template, self.perm = template, Permutation(template.size, key)
+    `order` walks positions 0..n-1 in a seeded order and `part` turns a chunk of its values into the
+    template indices to render (dropping some or mapping them), before rendering, so a dropped index
+    costs no rendering. `order=None` is an empty stream.
+    """
+
+    def __init__(self, template: Template, order: Permutation | None, part=None):
+        self.template, self.perm, self.part = template, order, part
+        self.n = 0 if order is None else order.n
         self.next_start, self.chunk = 0, 256  # small first chunks: drawing a handful of prompts stays cheap
         self.buffer: list[str] = []
         self.pos = 0
 
     def refill(self) -> bool:
-        if self.next_start >= self.perm.n:
-            return False
-        stop = self.next_start + self.chunk
-        self.buffer = self.template.render_many(self.perm.take(self.next_start, stop).astype(np.int64))
-        self.pos, self.next_start, self.chunk = 0, stop, min(self.chunk * 2, Permutation.CHUNK)
-        return True
+        while self.next_start < self.n:
+            stop = self.next_start + self.chunk
+            index = self.perm.take(self.next_start, stop).astype(np.int64)
+            self.next_start, self.chunk = stop, min(self.chunk * 2, Permutation.CHUNK)
+            if self.part is not None:
+                index = self.part(index)
+            if index.size:
+                self.buffer, self.pos = self.template.render_many(index), 0
+                return True
+        return False
 
 
 def _key(*parts: object) -> str:
     return "\x1f".join(["vipo-prompts", *map(str, parts)])
 
 
-def iter_prompts(category: str, seed: int) -> Iterator[str]:
-    """Distinct prompts of a category in a seeded order; stops after `capacity(category)` prompts.
+@cache
+def _held_out(category: str) -> tuple[tuple[int, Permutation | None], ...]:
+    """Per template of the category: (h, pi), h = size // HELD_OUT_PER_TEMPLATE_DIVISOR held-out prompts,
+    those indices i with pi(i) < h for the seed-independent permutation pi (None when h == 0)."""
+    out = []
+    for t, template in enumerate(templates(category)):
+        h = template.size // HELD_OUT_PER_TEMPLATE_DIVISOR
+        out.append((h, Permutation(template.size, _key("held-out", category, t)) if h else None))
+    return tuple(out)
 
-    Templates take turns: each round visits every template that has prompts left once, in a seeded
-    order, so a prefix of any length mixes the kinds of prompt of the category evenly.
-    """
-    temps = templates(category)
-    streams = [_Stream(t, _key(seed, category, i)) for i, t in enumerate(temps)]
-    bits = np.random.PCG64(int.from_bytes(hashlib.sha256(_key(seed, category).encode()).digest()[:16], "little"))
+
+def _drawable(h: int, perm: Permutation):
+    """The `part` of a build's stream: the indices not held out (pi(i) >= h)."""
+    return lambda index: index[perm.apply(index) >= h]
+
+
+def _interleave(streams: list[_Stream], key: str) -> Iterator[str]:
+    """The streams' prompts, round-robin: each round visits every stream with prompts left once, in a
+    seeded order."""
+    bits = np.random.PCG64(int.from_bytes(hashlib.sha256(key.encode()).digest()[:16], "little"))
     active = [True] * len(streams)
     n_active = len(streams)
     seen: set[str] = set()  # a guard only: the library's templates make distinct prompts
@@ -287,6 +360,30 @@ def iter_prompts(category: str, seed: int) -> Iterator[str]:
             if text not in seen:
                 seen.add(text)
                 yield text
+
+
+def iter_prompts(category: str, seed: int) -> Iterator[str]:
+    """Distinct prompts of a category in a seeded order; stops after `capacity(category)` prompts.
+
+    Templates take turns: each round visits every template that has prompts left once, in a seeded
+    order, so a prefix of any length mixes the kinds of prompt of the category evenly. The held-out
+    prompts (`iter_held_out`) are skipped, whatever the seed.
+    """
+    streams = [
+        _Stream(t, Permutation(t.size, _key(seed, category, i)), _drawable(h, pi) if h else None)
+        for i, (t, (h, pi)) in enumerate(zip(templates(category), _held_out(category)))
+    ]
+    yield from _interleave(streams, _key(seed, category))
+
+
+def iter_held_out(category: str, seed: int) -> Iterator[str]:
+    """The held-out prompts of a category (never drawn by `iter_prompts`, whatever its seed) in a seeded
+    order, templates taking turns as in `iter_prompts`; stops after `held_out_capacity(category)`."""
+    streams = [
+        _Stream(t, Permutation(h, _key("held-out", seed, category, i)), pi.invert) if h else _Stream(t, None)
+        for i, (t, (h, pi)) in enumerate(zip(templates(category), _held_out(category)))
+    ]
+    yield from _interleave(streams, _key("held-out", seed, category))
 
 
 def _table(categories: list[str], prompts: list[str], sources: list[str]) -> pa.Table:
@@ -311,16 +408,30 @@ def _table(categories: list[str], prompts: list[str], sources: list[str]) -> pa.
     return table.sort_by("prompt_id")
 
 
-def library_prompts(counts: dict[str, int], seed: int) -> pa.Table:
-    """The `prompts` table: the first `counts[category]` prompts of each category, sorted by prompt_id."""
+def _draw(counts: dict[str, int], seed: int, held_out: bool) -> pa.Table:
     categories: list[str] = []
     prompts: list[str] = []
     for category, n in counts.items():
-        if n > capacity(category):
-            raise ValueError(f"category {category!r}: asked for {n} prompts, the library has {capacity(category)}")
-        prompts += itertools.islice(iter_prompts(category, seed), n)
+        if held_out:
+            have, draw, what = held_out_capacity(category), iter_held_out, "held-out prompts, the library holds out"
+        else:
+            have, draw, what = capacity(category), iter_prompts, "prompts, the library has"
+        if n > have:
+            raise ValueError(f"category {category!r}: asked for {n} {what} {have}")
+        prompts += itertools.islice(draw(category, seed), n)
         categories += [category] * n
-    return _table(categories, prompts, ["library"] * len(prompts))
+    return _table(categories, prompts, ["held_out" if held_out else "library"] * len(prompts))
+
+
+def library_prompts(counts: dict[str, int], seed: int) -> pa.Table:
+    """The `prompts` table: the first `counts[category]` prompts of each category, sorted by prompt_id."""
+    return _draw(counts, seed, held_out=False)
+
+
+def held_out_prompts(counts: dict[str, int], seed: int) -> pa.Table:
+    """A `prompts` table of held-out prompts (source "held_out"), for evaluation: the first
+    `counts[category]` of `iter_held_out(category, seed)`, sorted by prompt_id."""
+    return _draw(counts, seed, held_out=True)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,12 +17,18 @@ import pytest
 
 from pipeline.prompt_vocab import TEMPLATES, VOCAB
 from pipeline.prompts import (
+    HELD_OUT_PER_TEMPLATE_DIVISOR,
     MAX_PROMPT_CHARS,
     Permutation,
     PromptFileResult,
     Template,
+    _key,
     capacity,
     fix_articles,
+    held_out_capacity,
+    held_out_indices,
+    held_out_prompts,
+    iter_held_out,
     iter_prompts,
     library_prompts,
     load_prompt_files,
@@ -47,7 +53,9 @@ def _outside_quotes(text: str) -> str:
 @pytest.mark.parametrize("category", list(CATEGORIES))
 def test_capacity_meets_the_paper_targets(category):
     assert capacity(category) >= TARGET[category]
-    assert capacity(category) == sum(t.size for t in templates(category))
+    assert capacity(category) + held_out_capacity(category) == sum(t.size for t in templates(category))
+    held = [t.size // HELD_OUT_PER_TEMPLATE_DIVISOR for t in templates(category)]
+    assert held_out_capacity(category) == sum(held) > 0
 
 
 def test_every_category_has_templates_and_unknown_category_is_refused():
@@ -56,6 +64,10 @@ def test_every_category_has_templates_and_unknown_category_is_refused():
         next(iter_prompts("landscapes", 0))
     with pytest.raises(ValueError, match="unknown category"):
         capacity("landscapes")
+    with pytest.raises(ValueError, match="unknown category"):
+        held_out_capacity("landscapes")
+    with pytest.raises(ValueError, match="unknown category 'landscapes'"):
+        next(iter_held_out("landscapes", 0))
 
 
 @pytest.mark.parametrize("name", sorted(VOCAB))
@@ -180,6 +192,109 @@ def test_library_prompts_table():
     assert library_prompts(counts, seed=5).equals(table)
     with pytest.raises(ValueError, match="asked for"):
         library_prompts({"motion_quality": capacity("motion_quality") + 1}, seed=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# held-out prompts
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 17, 65, 257, 1000, 1025, 4097, 65_537, 70_001])
+def test_permutation_apply_and_invert_are_inverse_bijections(n):
+    p = Permutation(n, f"k{n}")
+    x = np.arange(n)
+    y = p.apply(x)
+    assert y.dtype == np.int64 and np.array_equal(np.sort(y), x)  # a permutation of range(n)
+    assert np.array_equal(y, p.take(0, n))  # the forward map of positions, on values
+    assert np.array_equal(p.invert(y), x) and np.array_equal(p.apply(p.invert(x)), x)
+    rng = np.random.default_rng(n)
+    some = rng.integers(0, n, 50)  # arbitrary values, repeats and order kept
+    assert np.array_equal(p.invert(p.apply(some)), some) and np.array_equal(p.apply(p.invert(some)), some)
+    assert p.apply(np.zeros(0, dtype=np.int64)).size == 0
+    for bad in ([-1], [n]):
+        with pytest.raises(IndexError):
+            p.apply(bad)
+        with pytest.raises(IndexError):
+            p.invert(bad)
+
+
+@pytest.mark.parametrize("category, t", [("text_rendering", 0), ("text_rendering", 3), ("text_rendering", 4),
+                                         ("video_text_alignment", 2), ("video_text_alignment", 3)])
+def test_held_out_indices_are_exactly_those_the_permutation_sends_below_h(category, t):
+    template = templates(category)[t]
+    h = template.size // HELD_OUT_PER_TEMPLATE_DIVISOR
+    held = held_out_indices(category, t)
+    assert len(held) == len(np.unique(held)) == h
+    brute = np.flatnonzero(Permutation(template.size, _key("held-out", category, t)).apply(np.arange(template.size)) < h)
+    assert np.array_equal(held, brute)
+    if h >= 50:  # spread over the template, not a range of it
+        assert held.max() - held.min() > template.size // 2
+
+
+def _whole_category(category: str) -> set[str]:
+    return {x for t in templates(category) for x in t.render_many(np.arange(t.size))}
+
+
+def test_held_out_and_drawn_partition_a_whole_category():
+    """motion_quality (the smallest category), for two seeds: every prompt a build can draw and every
+    held-out prompt; the library runs dry exactly at capacity, and the two parts are disjoint and make
+    up the whole library."""
+    category = "motion_quality"
+    everything = _whole_category(category)
+    assert len(everything) == capacity(category) + held_out_capacity(category)
+    held = {x for t, template in enumerate(templates(category))
+            for x in template.render_many(held_out_indices(category, t))}
+    for seed in (0, 1):
+        drawn = list(iter_prompts(category, seed))
+        assert len(drawn) == len(set(drawn)) == capacity(category)
+        out = list(iter_held_out(category, seed))
+        assert len(out) == len(set(out)) == held_out_capacity(category)
+        assert set(out) == held
+        assert not held & set(drawn)
+        assert held | set(drawn) == everything
+
+
+def test_no_build_draws_a_held_out_prompt():
+    category = "video_text_alignment"  # one template holds none out (600 prompts)
+    held = set(iter_held_out(category, 0))
+    assert len(held) == held_out_capacity(category) == 9_846
+    for seed in (0, 12345):
+        first = list(itertools.islice(iter_prompts(category, seed), 50_000))
+        assert len(set(first)) == 50_000 and not held & set(first)
+
+
+def test_held_out_prompts_table_and_order():
+    category = "text_rendering"
+    a, b = list(iter_held_out(category, 1)), list(iter_held_out(category, 2))
+    assert a != b and set(a) == set(b) and len(a) == held_out_capacity(category)
+    assert a == list(iter_held_out(category, 1))
+    markers = ('that says "', 'the words "', 'with the text "', "birthday cake", "sign that reads", "cover titled")
+    assert all(sum(m in x for x in a[:42]) == 7 for m in markers)  # templates take turns (each has >= 7)
+    full = {category: held_out_capacity(category)}
+    assert held_out_prompts(full, seed=1).equals(held_out_prompts(full, seed=2))  # the same set, sorted
+    counts = {"aesthetics": 30, "text_rendering": 20, "motion_quality": 10}
+    table = held_out_prompts(counts, seed=5)
+    assert table.schema == PROMPTS
+    rows = table.to_pylist()
+    assert [r["prompt_id"] for r in rows] == sorted(r["prompt_id"] for r in rows)
+    assert all(r["prompt_id"] == prompt_id(r["category"], r["prompt"]) for r in rows)
+    assert all(r["source"] == "held_out" for r in rows) and len(rows) == 60
+    for c, n in counts.items():
+        assert {r["prompt"] for r in rows if r["category"] == c} == set(itertools.islice(iter_held_out(c, 5), n))
+    assert held_out_prompts(counts, seed=5).equals(table)
+    assert not held_out_prompts(counts, seed=6).equals(table)
+    with pytest.raises(ValueError, match="category 'motion_quality': asked for 662 held-out prompts"):
+        held_out_prompts({"motion_quality": held_out_capacity("motion_quality") + 1}, seed=0)
+
+
+def test_held_out_prompts_are_the_same_in_another_process():
+    code = (
+        "import json; from pipeline.prompts import held_out_prompts; "
+        "print(json.dumps(held_out_prompts({'portrait_quality': 40, 'motion_quality': 5}, 11)['prompt'].to_pylist()))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    here = held_out_prompts({"portrait_quality": 40, "motion_quality": 5}, 11)["prompt"].to_pylist()
+    assert json.loads(out.stdout) == here
 
 
 # --------------------------------------------------------------------------------------------------
