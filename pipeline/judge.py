@@ -24,15 +24,17 @@ from schemas.tables import JUDGEMENTS
 from schemas.units import Slice, Unit, make_unit
 
 
-def rater_model_path(cfg: JudgeConfig, cache_dir: str | Path) -> str:
+def rater_model_path(cfg: JudgeConfig, cache_dir: str | Path, words: tuple[str, ...] = ()) -> str:
     """What `JudgeStage.model_path` should be: the served model name (openai), the hub id or local
-    folder (transformers, vllm), or for `model: tiny` the folder of the toy rater, built once in the cache."""
+    folder (transformers, vllm), or for `model: tiny` the folder of the toy rater, built once in the
+    cache (`words`: extra single-token words its vocabulary needs, e.g. the alignment's Yes / No)."""
     if cfg.backend == "openai" or cfg.model != "tiny":
         return cfg.model
     from pipeline.models import materialise_tiny
     from reward_models.vlm import tiny
 
-    return materialise_tiny("rater", "qwen2vl", 0, lambda folder: tiny.save_tiny_rater(folder, seed=0), tiny, Path(cache_dir))
+    name = "qwen2vl" + "".join(f"-{w.lower()}" for w in words)
+    return materialise_tiny("rater", name, 0, lambda folder: tiny.save_tiny_rater(folder, seed=0, words=words), tiny, Path(cache_dir))
 
 
 @dataclass

@@ -12,6 +12,10 @@ it replaces the top-k selection, the response lists those ids plus the sampled t
 `/tokenize` (not vLLM) gets plain top-k requests, matched by token text; a vLLM too old for
 `logprob_token_ids` ignores the unknown field and answers top-k, read by id.
 
+`label_logprobs(queries, labels)` takes the labels to read ("A", "B" by default; the alignment asks
+"Yes", "No"); their ids are resolved through `/tokenize` once per labels tuple (a server found
+without `/tokenize` is not asked again, for any labels).
+
 Requests are retried on connection errors, timeouts, 429 and 5xx with exponential backoff; other
 HTTP errors fail at once with the server's message (with the fix named when it is vLLM's
 multimodal limit).
@@ -28,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from reward_models.vlm.prompting import (
+    LABELS,
     Part,
     label_logprobs_from_ids,
     label_logprobs_from_top,
@@ -87,22 +92,30 @@ class OpenAIBackend:
         self.max_backoff_s = float(max_backoff_s)
         self.max_images = int(max_images)  # 2 x judge.video_frames: what the server's multimodal limit must allow
         self.exact_labels = bool(exact_labels)
-        self.label_ids: dict[str, list[int]] | None = None  # from the server's /tokenize, on first use
-        self._resolved = False
+        self.label_ids: dict[str, list[int]] | None = None  # the pairwise labels' ids, from /tokenize on first use
+        self._label_ids: dict[tuple[str, ...], dict[str, list[int]] | None] = {}  # per labels tuple
+        self._tokenize_ok = True  # False once the server has shown it has no (usable) /tokenize
 
-    def resolve_label_ids(self) -> dict[str, list[int]] | None:
-        """The label token ids by the server's tokenizer (once); None when the server has no
-        `/tokenize` (or `exact_labels` is off): requests are then top-k, matched by token text."""
-        if not self._resolved:
-            self._resolved = True
-            if self.exact_labels:
+    def resolve_label_ids(self, labels: Sequence[str] = LABELS) -> dict[str, list[int]] | None:
+        """The labels' token ids by the server's tokenizer (once per labels tuple); None when the
+        server has no `/tokenize`, a label has no single-token spelling there, or `exact_labels` is
+        off: requests for these labels are then top-k, matched by token text."""
+        key = tuple(labels)
+        if key not in self._label_ids:
+            ids = None
+            if self.exact_labels and self._tokenize_ok:
                 try:
-                    self.label_ids = label_token_ids(_ServerTokenizer(self))
-                except (RaterRequestError, KeyError, TypeError, ValueError):
-                    self.label_ids = None
-        return self.label_ids
+                    ids = label_token_ids(_ServerTokenizer(self), key)
+                except (RaterRequestError, KeyError, TypeError):  # no /tokenize (not vLLM), or not vLLM's answer
+                    self._tokenize_ok = False
+                except ValueError:  # these labels are not single tokens (or share ids) on this server
+                    pass
+            self._label_ids[key] = ids
+            if key == LABELS:
+                self.label_ids = ids
+        return self._label_ids[key]
 
-    def request_body(self, parts: Sequence[Part]) -> dict[str, Any]:
+    def request_body(self, parts: Sequence[Part], labels: Sequence[str] = LABELS) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": openai_messages(parts),
@@ -111,8 +124,9 @@ class OpenAIBackend:
             "logprobs": True,
             "top_logprobs": self.top_logprobs,
         }
-        if self.label_ids:
-            body["logprob_token_ids"] = sorted(i for ids in self.label_ids.values() for i in ids)
+        label_ids = self._label_ids.get(tuple(labels))
+        if label_ids:
+            body["logprob_token_ids"] = sorted(i for ids in label_ids.values() for i in ids)
             body["return_tokens_as_token_ids"] = True
         return body
 
@@ -166,9 +180,10 @@ class OpenAIBackend:
             f"openai backend: POST {url} failed after {attempts} attempt{'s' * (attempts > 1)}: {last}"
         )
 
-    def parse(self, response: dict) -> tuple[float, float]:
-        """(lA, lB) from a chat-completions response with first-token logprobs: by token id where the
-        server wrote `token_id:<id>` tokens and the label ids are known, else by token text."""
+    def parse(self, response: dict, labels: Sequence[str] = LABELS) -> tuple[float, ...]:
+        """One logprob per label ((lA, lB) by default) from a chat-completions response with
+        first-token logprobs: by token id where the server wrote `token_id:<id>` tokens and the
+        labels' ids are known, else by token text."""
         try:
             first = response["choices"][0]["logprobs"]["content"][0]
         except (KeyError, IndexError, TypeError):
@@ -180,15 +195,16 @@ class OpenAIBackend:
         if "token" in first and first["token"] not in top:
             top[first["token"]] = first["logprob"]
         by_id = {int(t[len(_TOKEN_ID):]): lp for t, lp in top.items() if t.startswith(_TOKEN_ID) and t[len(_TOKEN_ID):].isdigit()}
-        if self.label_ids and by_id and len(by_id) == len(top):
-            return label_logprobs_from_ids(by_id, self.label_ids)
-        return label_logprobs_from_top(top)
+        label_ids = self._label_ids.get(tuple(labels))
+        if label_ids and by_id and len(by_id) == len(top):
+            return label_logprobs_from_ids(by_id, label_ids, labels)
+        return label_logprobs_from_top(top, labels)
 
-    def label_logprobs(self, queries: Sequence[list[Part]]) -> list[tuple[float, float]]:
-        self.resolve_label_ids()  # before the threads: one /tokenize round, shared
+    def label_logprobs(self, queries: Sequence[list[Part]], labels: Sequence[str] = LABELS) -> list[tuple[float, ...]]:
+        self.resolve_label_ids(labels)  # before the threads: one /tokenize round, shared
 
-        def one(parts: list[Part]) -> tuple[float, float]:
-            return self.parse(self.post(self.request_body(parts)))
+        def one(parts: list[Part]) -> tuple[float, ...]:
+            return self.parse(self.post(self.request_body(parts, labels)), labels)
 
         if len(queries) <= 1 or self.concurrency == 1:
             return [one(q) for q in queries]

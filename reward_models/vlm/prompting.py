@@ -14,6 +14,10 @@ probability that the candidate shown first in the first order ("a") is the bette
     p = (P(A | a, b) + 1 - P(A | b, a)) / 2
     position_consistency = 1 - |P(A | a, b) - (1 - P(A | b, a))|
 
+The same backends also read a VQAScore alignment figure (Lin et al., ECCV 2024): one query per
+item, its media then `ALIGNMENT_QUESTION`, and the answer is the full-vocabulary probability of
+"Yes" at the first generated position, `P(Yes) = e^lYes` (NOT renormalised against "No").
+
 This module holds no model code; the backends turn `Part` lists into label log-probabilities.
 """
 from __future__ import annotations
@@ -31,11 +35,29 @@ from schemas.categories import CATEGORIES
 
 LABELS: tuple[str, str] = ("A", "B")
 
+# VQAScore's question and answer (Lin et al., "Evaluating Text-to-Visual Generation with
+# Image-to-Text Generation", ECCV 2024): `default_question_template` and `default_answer_template`
+# ("Yes") of linzhiqiu/t2v_metrics, t2v_metrics/models/vqascore_models/clip_t5_model.py (the same
+# strings in its gemini_model.py). "No" is asked for only to tell "P(Yes) below the top k" from "no
+# answer at all"; it does not enter the score.
+ALIGNMENT_QUESTION = 'Does this figure show "{}"? Please answer yes or no.'
+ALIGNMENT_LABELS: tuple[str, str] = ("Yes", "No")
+
 Part = tuple[Literal["text", "image"], str | Image.Image]  # ("text", str) or ("image", PIL RGB)
 
 
 class RaterAnswerError(ValueError):
     """The rater's first-token distribution holds neither label: there is no answer to read."""
+
+
+@dataclass(frozen=True)
+class AlignmentQuery:
+    """One generated image or video to score for prompt alignment (VQAScore). Media: one PIL image,
+    or a video's frames in order."""
+
+    item_id: str
+    prompt: str
+    media: list[Image.Image] = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -126,8 +148,8 @@ def judgement(pair_id: str, logprobs_ab: tuple[float, float], logprobs_ba: tuple
 
 def label_logprobs_from_top(
     top: Mapping[str, float] | Iterable[tuple[str, float]], labels: Sequence[str] = LABELS
-) -> tuple[float, float]:
-    """(lA, lB) from a top-k list of (token text, logprob).
+) -> tuple[float, ...]:
+    """One logprob per label, in order ((lA, lB) by default), from a top-k list of (token text, logprob).
 
     A token counts for a label when it equals the label up to surrounding whitespace (" A" is the
     same answer as "A"); several such tokens are summed in probability space (logsumexp). A label
@@ -138,14 +160,14 @@ def label_logprobs_from_top(
         key = str(token).strip()
         if key in found and logprob is not None:
             found[key].append(float(logprob))
-    la, lb = (logsumexp(found[label]) for label in labels)
-    return la, lb
+    return tuple(logsumexp(found[label]) for label in labels)
 
 
 def label_token_ids(tokenizer: Any, labels: Sequence[str] = LABELS) -> dict[str, list[int]]:
     """Token ids that spell each label as ONE token: the bare label ("A", what follows
     "<|im_start|>assistant\\n" in Qwen's chat template) and, where the vocabulary has it, the
-    leading-space variant (" A"). Raises when a label has no single-token spelling or two labels share an id."""
+    leading-space variant (" A"); the same for any labels ("Yes" / " Yes", "No" / " No"). Raises when a
+    label has no single-token spelling or two labels share an id."""
     ids: dict[str, list[int]] = {}
     for label in labels:
         found: list[int] = []
@@ -156,16 +178,36 @@ def label_token_ids(tokenizer: Any, labels: Sequence[str] = LABELS) -> dict[str,
         if not found:
             raise ValueError(f"the tokenizer has no single token for the answer label {label!r}")
         ids[label] = found
-    shared = set(ids[labels[0]]).intersection(*(set(v) for v in list(ids.values())[1:]))
+    owner: dict[int, str] = {}
+    shared = {i for label, found in ids.items() for i in found if owner.setdefault(i, label) != label}
     if shared:
         raise ValueError(f"answer labels share token ids {sorted(shared)}")
     return ids
 
 
-def label_logprobs_from_ids(logprob_of: Mapping[int, float], ids: Mapping[str, Sequence[int]]) -> tuple[float, float]:
-    """(lA, lB) from {token id: logprob} (a full vocabulary or a top-k dict); absent ids are -inf."""
-    la, lb = (logsumexp(logprob_of[i] for i in ids[label] if i in logprob_of) for label in LABELS)
-    return la, lb
+def label_logprobs_from_ids(
+    logprob_of: Mapping[int, float], ids: Mapping[str, Sequence[int]], labels: Sequence[str] = LABELS
+) -> tuple[float, ...]:
+    """One logprob per label, in order ((lA, lB) by default), from {token id: logprob} (a full
+    vocabulary or a top-k dict) and the labels' token ids; absent ids are -inf."""
+    return tuple(logsumexp(logprob_of[i] for i in ids[label] if i in logprob_of) for label in labels)
+
+
+def yes_probability(logprob_yes: float, logprob_no: float) -> float:
+    """VQAScore: P(Yes) = e^lYes, the full-vocabulary probability of "Yes" as the first answer token
+    (t2v_metrics' score), NOT renormalised against "No".
+
+    -inf stands for a label absent from a top-k list: "Yes" absent and "No" present is P(Yes) = 0;
+    both absent raises `RaterAnswerError` (the model is not answering the question). NaN, or a
+    value above 0 (not a log-probability), raises ValueError."""
+    ly, ln = float(logprob_yes), float(logprob_no)
+    if math.isnan(ly) or math.isnan(ln):
+        raise ValueError(f"NaN label log-probability: lYes={ly}, lNo={ln}")
+    if ly == -math.inf and ln == -math.inf:
+        raise RaterAnswerError("neither label 'Yes' nor 'No' is among the first token's log-probabilities")
+    if ly > 1e-6:
+        raise ValueError(f"lYes={ly} is not a log-probability (above 0)")
+    return min(1.0, math.exp(ly))
 
 
 # ------------------------------------------------------------------------------------------ prompting
@@ -211,6 +253,28 @@ def build_parts(
         *_media_parts(LABELS[1], media_second, image_size),
         ("text", question(category, prompt)),
     ]
+
+
+def alignment_question(prompt: str) -> str:
+    """t2v_metrics' VQAScore question with the prompt inserted."""
+    return ALIGNMENT_QUESTION.format(prompt)
+
+
+def alignment_parts(prompt: str, media: Sequence[Image.Image], image_size: int) -> list[Part]:
+    """The user turn of an alignment query: the media, then `ALIGNMENT_QUESTION`.
+
+    One image is followed directly by the question (as t2v_metrics' Qwen2-VL wrapper sends it:
+    image, then text); a video is its frames as images, in order, labelled like the pairwise
+    layout but without a candidate letter."""
+    if not media:
+        raise ValueError("an alignment query has no media")
+    if len(media) == 1:
+        parts: list[Part] = [("image", resize_longest(media[0], image_size))]
+    else:
+        parts = [("text", f"Video ({len(media)} frames, in order):\n")]
+        for i, frame in enumerate(media, 1):
+            parts += [("text", f"frame {i}: "), ("image", resize_longest(frame, image_size)), ("text", "\n")]
+    return [*parts, ("text", alignment_question(prompt))]
 
 
 def _merge_text(parts: Sequence[Part]) -> list[Part]:

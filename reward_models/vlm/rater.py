@@ -1,11 +1,23 @@
-"""`VLMRater`: asks a backend the pairwise question in both orders and combines the answers."""
+"""`VLMRater`: asks a backend the pairwise question in both orders and combines the answers; and,
+from the same backend, the VQAScore alignment of single items (`alignment`)."""
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from reward_models.vlm.prompting import Judgement, PairQuery, Part, build_parts, judgement
+from reward_models.vlm.prompting import (
+    ALIGNMENT_LABELS,
+    LABELS,
+    AlignmentQuery,
+    Judgement,
+    PairQuery,
+    Part,
+    alignment_parts,
+    build_parts,
+    judgement,
+    yes_probability,
+)
 
 if TYPE_CHECKING:
     from schemas.config import JudgeConfig
@@ -18,10 +30,13 @@ def images_per_query(cfg: JudgeConfig) -> int:
 
 
 class LabelBackend(Protocol):
-    """Anything that turns user turns into the first generated token's (lA, lB) log-probabilities."""
+    """Anything that turns user turns into the first generated token's label log-probabilities."""
 
-    def label_logprobs(self, queries: Sequence[list[Part]]) -> list[tuple[float, float]]:
-        """One (logprob of "A", logprob of "B") per query, in order; -inf for a label not seen."""
+    def label_logprobs(self, queries: Sequence[list[Part]], labels: Sequence[str] = LABELS) -> list[tuple[float, ...]]:
+        """One tuple per query, in order, of one logprob per label, in the order of `labels`: the
+        full-vocabulary log-probability of the label as the first generated token, summed
+        (logsumexp) over its single-token spellings ("A" and " A"); -inf for a label not seen.
+        The default labels are the pairwise ("A", "B"); the alignment asks ("Yes", "No")."""
         ...
 
 
@@ -30,6 +45,9 @@ class VLMRater:
 
     Every pair becomes two queries, (a, b) and (b, a); all 2N queries go to the backend in ONE call,
     interleaved pair by pair (so the two orders of a pair, which have the same length, batch together).
+
+    `alignment(items)` asks the same backend VQAScore's question, one query per item (no swap), and
+    returns P("Yes") of the first token over the whole vocabulary.
     """
 
     def __init__(self, backend: LabelBackend, name: str, image_size: int = 448):
@@ -106,4 +124,37 @@ class VLMRater:
                 out.append(judgement(pair.pair_id, logprobs[2 * i], logprobs[2 * i + 1]))
             except ValueError as err:
                 out.append(type(err)(f"pair {pair.pair_id}: {err}"))
+        return out
+
+    def alignment_query(self, item: AlignmentQuery) -> list[Part]:
+        """The user turn of an alignment item: its media, then the VQAScore question."""
+        return alignment_parts(item.prompt, item.media, self.image_size)
+
+    def alignment(self, items: Sequence[AlignmentQuery]) -> list[float]:
+        """VQAScore per item, in order: P("Yes") as the first answer token to `Does this figure show
+        "<prompt>"? Please answer yes or no.` (full vocabulary, not renormalised). An item with no
+        readable answer raises (see `alignment_each`)."""
+        out = []
+        for result in self.alignment_each(items):
+            if isinstance(result, Exception):
+                raise result
+            out.append(result)
+        return out
+
+    def alignment_each(self, items: Sequence[AlignmentQuery]) -> list[float | ValueError]:
+        """Like `alignment`, but an item whose answer cannot be read (`RaterAnswerError`: neither
+        "Yes" nor "No" among the first token's log-probabilities; NaN log-probabilities) is returned
+        as its error, naming the item. All items go to the backend in ONE call; backend failures raise."""
+        if not items:
+            return []
+        queries = [self.alignment_query(item) for item in items]
+        logprobs = self.backend.label_logprobs(queries, ALIGNMENT_LABELS)
+        if len(logprobs) != len(queries):
+            raise RuntimeError(f"backend answered {len(logprobs)} of {len(queries)} queries")
+        out: list[float | ValueError] = []
+        for item, (logprob_yes, logprob_no) in zip(items, logprobs):
+            try:
+                out.append(yes_probability(logprob_yes, logprob_no))
+            except ValueError as err:
+                out.append(type(err)(f"item {item.item_id}: {err}"))
         return out

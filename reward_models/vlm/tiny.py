@@ -4,12 +4,16 @@
 `AutoProcessor.from_pretrained` load exactly like `Qwen/Qwen2.5-VL-7B-Instruct`'s. The tokenizer is
 a byte-level BPE with an explicit vocabulary (the 256 byte symbols, no merges) plus Qwen's special
 tokens, so ids are the same in every process; "A" and "B" are single tokens (their byte symbols).
+`words=("Yes", "No")` (the alignment's labels) adds BPE merges that make each word, bare and after a
+space, one token too (ids after the 256 byte symbols, before the special tokens); without `words` the
+tokenizer and the weights are exactly the default rater's.
 Weights are drawn from one seeded generator in parameter-name order (no dependence on transformers'
 init order) and scaled so the label probabilities differ visibly between images.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -45,8 +49,21 @@ QWEN2_VL_CHAT_TEMPLATE = (
 )
 
 
-def tiny_tokenizer():
-    """Byte-level BPE over an explicit vocabulary: ids 0-255 the byte symbols, then the special tokens."""
+def _word_merges(words: Sequence[str], symbols: dict[int, str]) -> list[tuple[str, str]]:
+    """BPE merges, in rank order, that spell each word and " " + word as one token: left to right
+    over the word's byte symbols, then the space symbol onto the whole word."""
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        chars = [symbols[b] for b in word.encode("utf-8")]
+        steps = [("".join(chars[:i]), chars[i]) for i in range(1, len(chars))]
+        steps.append((symbols[ord(" ")], "".join(chars)))
+        merges += [m for m in steps if m not in merges]
+    return merges
+
+
+def tiny_tokenizer(words: Sequence[str] = ()):
+    """Byte-level BPE over an explicit vocabulary: ids 0-255 the byte symbols, then the tokens the
+    merges of `words` make (none by default), then the special tokens."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -54,7 +71,10 @@ def tiny_tokenizer():
 
     symbols = _bytes_to_unicode()
     vocab = {symbols[b]: b for b in range(256)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    merges = _word_merges(words, symbols)
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
@@ -67,12 +87,12 @@ def tiny_tokenizer():
     )
 
 
-def tiny_processor():
+def tiny_processor(words: Sequence[str] = ()):
     from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
 
     return Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(),
-        tokenizer=tiny_tokenizer(),
+        tokenizer=tiny_tokenizer(words),
         video_processor=Qwen2VLVideoProcessor(),
         chat_template=QWEN2_VL_CHAT_TEMPLATE,
     )
@@ -91,12 +111,13 @@ def _reinit(model: torch.nn.Module, seed: int) -> None:
             # norm weights stay at their init (ones)
 
 
-def tiny_qwen2vl(seed: int = 0):
+def tiny_qwen2vl(seed: int = 0, words: Sequence[str] = ()):
     """(model, processor): Qwen2VLForConditionalGeneration at toy size (2 text layers, hidden 32, one
-    vision block of width 32; patch 14, merge 2 as the real one) and a real Qwen2VLProcessor."""
+    vision block of width 32; patch 14, merge 2 as the real one) and a real Qwen2VLProcessor.
+    `words`: extra single-token words (e.g. `ALIGNMENT_LABELS`), see `tiny_tokenizer`."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    processor = tiny_processor()
+    processor = tiny_processor(words)
     tok = processor.tokenizer
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = Qwen2VLConfig(
@@ -133,9 +154,10 @@ def tiny_qwen2vl(seed: int = 0):
     return model.eval(), processor
 
 
-def save_tiny_rater(folder: str | Path, seed: int = 0) -> str:
-    """Write the tiny rater (weights, config, processor, tokenizer, chat template) to `folder`."""
-    model, processor = tiny_qwen2vl(seed)
+def save_tiny_rater(folder: str | Path, seed: int = 0, words: Sequence[str] = ()) -> str:
+    """Write the tiny rater (weights, config, processor, tokenizer, chat template) to `folder`.
+    `words=ALIGNMENT_LABELS` makes "Yes" / "No" single tokens, so that it can answer the alignment."""
+    model, processor = tiny_qwen2vl(seed, words)
     model.save_pretrained(str(folder))
     processor.save_pretrained(str(folder))
     return str(folder)

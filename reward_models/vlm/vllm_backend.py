@@ -13,6 +13,11 @@ the top k reads as -inf. Either way vLLM reports log-probabilities of the raw mo
 before any sampling mask or penalty, so only the two labels' values are used and renormalised
 (prompting.two_label_probability).
 
+`label_logprobs(queries, labels)` takes the labels to read ("A", "B" by default; the alignment asks
+"Yes", "No"): their token ids and the `SamplingParams` asking for them are built once per labels
+tuple. The alignment's P(Yes) is read as is (full vocabulary, vLLM's raw log-probabilities, before
+temperature or penalties), not renormalised.
+
 vllm is the `[gpu]` extra: it is imported here, lazily, and nowhere else.
 """
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from reward_models.vlm.prompting import Part, chat_messages, images_of, label_logprobs_from_ids, label_token_ids
+from reward_models.vlm.prompting import LABELS, Part, chat_messages, images_of, label_logprobs_from_ids, label_token_ids
 
 
 def _logprob_dict(position: Any) -> dict[int, float]:
@@ -70,8 +75,26 @@ class VLLMBackend:
             max_logprobs=max(top_logprobs, 20),
             **engine_kwargs,
         )
-        wanted = [i for ids in self.label_ids.values() for i in ids]
-        self.params, self.exact = sampling_params(SamplingParams, wanted, top_logprobs)
+        self._sampling_params_cls = SamplingParams
+        self.top_logprobs = int(top_logprobs)
+        self._label_ids: dict[tuple[str, ...], dict[str, list[int]]] = {LABELS: self.label_ids}
+        self._params: dict[tuple[str, ...], tuple[Any, bool]] = {}
+        self.params, self.exact = self.params_for(LABELS)
+
+    def ids_for(self, labels: Sequence[str]) -> dict[str, list[int]]:
+        """The single-token spellings of each label (`label_token_ids`), once per labels tuple."""
+        key = tuple(labels)
+        if key not in self._label_ids:
+            self._label_ids[key] = label_token_ids(self.processor.tokenizer, key)
+        return self._label_ids[key]
+
+    def params_for(self, labels: Sequence[str]) -> tuple[Any, bool]:
+        """(SamplingParams, exact) asking for these labels' token ids, built once per labels tuple."""
+        key = tuple(labels)
+        if key not in self._params:
+            wanted = [i for ids in self.ids_for(key).values() for i in ids]
+            self._params[key] = sampling_params(self._sampling_params_cls, wanted, self.top_logprobs)
+        return self._params[key]
 
     def prompt_text(self, parts: Sequence[Part]) -> str:
         return self.processor.apply_chat_template(chat_messages(parts), tokenize=False, add_generation_prompt=True)
@@ -89,17 +112,19 @@ class VLLMBackend:
             out.append({"prompt": self.prompt_text(q), "multi_modal_data": {"image": images}})
         return out
 
-    def label_logprobs(self, queries: Sequence[list[Part]]) -> list[tuple[float, float]]:
-        outputs = self.llm.generate(self.requests(queries), self.params, use_tqdm=False)
+    def label_logprobs(self, queries: Sequence[list[Part]], labels: Sequence[str] = LABELS) -> list[tuple[float, ...]]:
+        label_ids = self.ids_for(labels)
+        params, exact = self.params_for(labels)
+        outputs = self.llm.generate(self.requests(queries), params, use_tqdm=False)
         result = []
         for out in outputs:  # LLM.generate keeps the order of its inputs
             logprobs = out.outputs[0].logprobs
             if not logprobs:
                 raise RuntimeError("vllm returned no logprobs for the first generated token")
             position = _logprob_dict(logprobs[0])
-            if self.exact:
-                missing = sorted(i for ids in self.label_ids.values() for i in ids if i not in position)
+            if exact:
+                missing = sorted(i for ids in label_ids.values() for i in ids if i not in position)
                 if missing:
                     raise RuntimeError(f"vllm returned no logprob for the label token ids {missing} asked for by logprob_token_ids")
-            result.append(label_logprobs_from_ids(position, self.label_ids))
+            result.append(label_logprobs_from_ids(position, label_ids, labels))
         return result
