@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
-import subprocess
 import tarfile
 
 import numpy as np
@@ -21,6 +19,7 @@ from pipeline.audit.sample import PLANTED, write_sample
 from pipeline.catalogue import Table, read_slices
 from pipeline.media import encode_image
 from schemas.audit import SKIP_REASONS, audit_scores_schema, parse_audit_config
+from tests.browser import screenshot
 
 ROWS = 24  # row groups of 16 -> units [0,8) [8,16) [16,24)
 
@@ -84,35 +83,9 @@ def test_report_is_self_contained_and_escaped(audited):
     assert "image 1: image refused before decoding: Image size (3600000000 pixels)" in html
 
 
-def _chromium() -> str:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (.ci/run installs it)")
-        pytest.skip("chromium is not installed")
-    return chromium
-
-
-def _screenshot(page, tmp_path) -> tuple[list[str], np.ndarray]:
-    """Console lines (errors, uncaught exceptions, blocked content) and the screenshot of `page`."""
-    from PIL import Image
-
-    shot = tmp_path / f"{page.stem}.png"
-    proc = subprocess.run(
-        [_chromium(), "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr", "--v=0",
-         "--hide-scrollbars", "--window-size=1200,2000", f"--user-data-dir={tmp_path / 'profile'}",
-         f"--screenshot={shot}", page.as_uri()],
-        check=False, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line
-               or "Content Security Policy" in line or "Refused to" in line]
-    return console, np.asarray(Image.open(shot).convert("RGB"))
-
-
 def test_report_renders_in_headless_chromium(audited, tmp_path):
     _, result = audited
-    console, img = _screenshot(result.report, tmp_path)
+    console, img = screenshot(result.report, tmp_path)
     assert console == []
     assert img.shape[:2] == (2000, 1200)
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50 and img.std() > 10  # text, plots and thumbnails, not blank
@@ -121,7 +94,7 @@ def test_report_renders_in_headless_chromium(audited, tmp_path):
 def test_chromium_check_sees_script_errors(tmp_path):
     page = tmp_path / "bad.html"
     page.write_text("<html><body><p>x</p><script>throw new Error('boom')</script></body></html>")
-    console, _ = _screenshot(page, tmp_path)
+    console, _ = screenshot(page, tmp_path)
     assert any("Uncaught Error: boom" in line for line in console)
 
 

@@ -1,47 +1,29 @@
 """report.html: one self-contained page (plots as inline PNG, thumbnails as data URIs, no script).
 
 Everything that comes from the dataset (captions, model names, file names, error text) is untrusted
-and goes through `html.escape`; a Content-Security-Policy that allows no script backs that up, so a
-caption that slipped through could not run anyway.
+and goes through `esc` (`html.escape`); a Content-Security-Policy that allows no script backs that up, so a
+caption that slipped through could not run anyway. The shared pieces live in `pipeline.html_report`.
 """
 from __future__ import annotations
 
-import base64
-import html
-import io
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-_STYLE = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
-h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right;white-space:nowrap}
-th{background:#f4f4f4}td.l,th.l{text-align:left;white-space:normal}.big{font-size:2rem;font-weight:600}
-.cards{display:flex;gap:1rem;flex-wrap:wrap}.card{border:1px solid #ddd;border-radius:6px;padding:.8rem 1rem;min-width:12rem}
+from pipeline.html_report import CSP, STYLE, esc, png_uri, table, thumbnail_uri
+
+__all__ = ["render_report", "thumbnail_uri"]  # thumbnail_uri: re-exported for the audit run
+
+_STYLE = STYLE + """
 .pair{border:1px solid #ddd;border-radius:6px;margin:1rem 0;padding:.8rem}.imgs{display:flex;gap:1rem}
 .imgs figure{margin:0;max-width:200px}.imgs img{width:180px;height:auto}.pref{outline:4px solid #2a9d3a}.cap{font-style:italic;margin:.3rem 0}
-.agree{color:#2a9d3a}.dissent{color:#c0392b;font-weight:600}img.plot{max-width:100%}
+.agree{color:#2a9d3a}.dissent{color:#c0392b;font-weight:600}
 """
-
-
-def _esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
 
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
-
-
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _figures(summary: dict[str, Any]) -> dict[str, str]:
@@ -62,7 +44,7 @@ def _figures(summary: dict[str, Any]) -> dict[str, str]:
     ax.set_ylim(0, 100)
     ax.set_ylabel("% of scored pairs")
     ax.set_title("Agreement with the human label")
-    out["agreement"] = _png(fig)
+    out["agreement"] = png_uri(fig)
 
     matrix = summary["pairwise_agreement"]["matrix"]
     if matrix is not None:
@@ -76,7 +58,7 @@ def _figures(summary: dict[str, Any]) -> dict[str, str]:
                 ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center", color="white" if m[i, j] < 60 else "black", fontsize=9)
         fig.colorbar(im, ax=ax, label="% of pairs both decide, same vote")
         ax.set_title("Pairwise agreement between reward models")
-        out["matrix"] = _png(fig)
+        out["matrix"] = png_uri(fig)
 
     kinds = list(summary["conflicts"]["kinds"].items())[:15]
     if kinds:
@@ -84,7 +66,7 @@ def _figures(summary: dict[str, Any]) -> dict[str, str]:
         ax.barh([k for k, _ in kinds][::-1], [c for _, c in kinds][::-1], color="#dd8452")
         ax.set_xlabel("conflicting pairs")
         ax.set_title("Which models vote against the label")
-        out["kinds"] = _png(fig)
+        out["kinds"] = png_uri(fig)
 
     sources = summary["by_source_model"]
     if sources:
@@ -94,41 +76,8 @@ def _figures(summary: dict[str, Any]) -> dict[str, str]:
         ax.set_xlim(0, 100)
         ax.set_xlabel("% consistent pairs")
         ax.set_title("Consistent share by source model")
-        out["sources"] = _png(fig)
+        out["sources"] = png_uri(fig)
     return out
-
-
-def thumbnail_uri(data: bytes, px: int, max_pixels: int, video: bool = False) -> str | None:
-    """A JPEG data URI of at most `px` on the long side (a video's middle frame), or None when the
-    bytes do not decode."""
-    from PIL import Image
-
-    from pipeline.media import decode_image, probe_video, read_video_frames
-
-    try:
-        if video:
-            info = probe_video(data)
-            if info["width"] * info["height"] > max_pixels:
-                return None
-            frames = read_video_frames(data, 3)
-            img = Image.fromarray(frames[len(frames) // 2])
-        else:
-            img = decode_image(data, max_pixels=max_pixels)
-    except Exception:
-        return None
-    img.thumbnail((px, px))
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _table(head: list[str], rows: list[list[Any]], left: int = 1) -> str:
-    th = "".join(f'<th class="{"l" if i < left else ""}">{_esc(h)}</th>' for i, h in enumerate(head))
-    body = "".join(
-        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{_esc(c)}</td>' for i, c in enumerate(r)) + "</tr>"
-        for r in rows
-    )
-    return f"<table><tr>{th}</tr>{body}</table>"
 
 
 def _example(ex: dict[str, Any], models: list[str]) -> str:
@@ -138,18 +87,18 @@ def _example(ex: dict[str, Any], models: list[str]) -> str:
         uri = ex.get(f"thumb_{side}")
         img = f'<img src="{uri}" alt="image {side}" class="{"pref" if side == human else ""}">' if uri else "<p>(no preview)</p>"
         who = " — preferred by the human" if side == human else ""
-        figs.append(f"<figure>{img}<figcaption>image {side}: {_esc(ex.get(f'model_{side}'))}{_esc(who)}</figcaption></figure>")
+        figs.append(f"<figure>{img}<figcaption>image {side}: {esc(ex.get(f'model_{side}'))}{esc(who)}</figcaption></figure>")
     rows = []
     for m in models:
         s0, s1 = ex[f"{m}_0"], ex[f"{m}_1"]
         vote = 0 if s0 > s1 else 1 if s1 > s0 else None
         ok = vote == human
-        rows.append(f'<tr><td class="l">{_esc(m)}</td><td>{s0:.4f}</td><td>{s1:.4f}</td>'
+        rows.append(f'<tr><td class="l">{esc(m)}</td><td>{s0:.4f}</td><td>{s1:.4f}</td>'
                     f'<td class="{"agree" if ok else "dissent"}">{"image " + str(vote) if vote is not None else "tie"}</td></tr>')
     scores = ("<table><tr><th class='l'>model</th><th>image 0</th><th>image 1</th><th>prefers</th></tr>"
               + "".join(rows) + "</table>")
-    return (f'<div class="pair"><div><b>{_esc(ex["file"])}</b> row {int(ex["row"])} · {_esc(ex["kind"])}</div>'
-            f'<p class="cap">{_esc(ex.get("caption"))}</p><div class="imgs">{"".join(figs)}{scores}</div></div>')
+    return (f'<div class="pair"><div><b>{esc(ex["file"])}</b> row {int(ex["row"])} · {esc(ex["kind"])}</div>'
+            f'<p class="cap">{esc(ex.get("caption"))}</p><div class="imgs">{"".join(figs)}{scores}</div></div>')
 
 
 def render_report(summary: dict[str, Any], examples: list[dict[str, Any]], skipped: Sequence[dict[str, Any]] = ()) -> str:
@@ -166,17 +115,17 @@ def render_report(summary: dict[str, Any], examples: list[dict[str, Any]], skipp
     ]
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
-        f"<title>vipo audit: {_esc(summary.get('input'))}</title><style>{_STYLE}</style></head><body>",
-        (f"<h1>Preference-data audit</h1><p>input: <code>{_esc(summary.get('input'))}</code> · "
-         f"reward models: {_esc(', '.join(models))}</p>"),
-        '<div class="cards">' + "".join(f'<div class="card"><div class="big">{_esc(v)}</div>{_esc(k)}</div>' for k, v in cards) + "</div>",
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        f"<title>vipo audit: {esc(summary.get('input'))}</title><style>{_STYLE}</style></head><body>",
+        (f"<h1>Preference-data audit</h1><p>input: <code>{esc(summary.get('input'))}</code> · "
+         f"reward models: {esc(', '.join(models))}</p>"),
+        '<div class="cards">' + "".join(f'<div class="card"><div class="big">{esc(v)}</div>{esc(k)}</div>' for k, v in cards) + "</div>",
         "<h2>Rows</h2>",
-        _table(["", "pairs"], [["read", summary["pairs_read"]], ["scored", summary["pairs_scored"]],
+        table(["", "pairs"], [["read", summary["pairs_read"]], ["scored", summary["pairs_scored"]],
                                *[[f"skipped: {k}", v] for k, v in summary["skipped"].items()]]),
         "<h2>Agreement with the human label</h2>",
         f'<img class="plot" alt="agreement with the label" src="{figs["agreement"]}">',
-        _table(["reward model", "agrees with the label"], [[m, _pct(summary["agreement_with_label"][m])] for m in models]),
+        table(["reward model", "agrees with the label"], [[m, _pct(summary["agreement_with_label"][m])] for m in models]),
     ]
     if "matrix" in figs:
         parts += ["<h2>Pairwise agreement between reward models</h2>",
@@ -185,24 +134,24 @@ def render_report(summary: dict[str, Any], examples: list[dict[str, Any]], skipp
     parts += [f"<h2>Conflicts ({summary['conflicts']['pairs']:,} pairs)</h2>"]
     if "kinds" in figs:
         parts.append(f'<img class="plot" alt="conflict kinds" src="{figs["kinds"]}">')
-    parts.append(_table(["models voting against the label", "pairs"], [[k, v] for k, v in kinds.items()]))
+    parts.append(table(["models voting against the label", "pairs"], [[k, v] for k, v in kinds.items()]))
     sources = summary["by_source_model"]
     if sources:
         parts += ["<h2>By source model</h2>"]
         if "sources" in figs:
             parts.append(f'<img class="plot" alt="consistent share by source model" src="{figs["sources"]}">')
-        parts.append(_table(["source model", "pairs", "consistent", *models],
+        parts.append(table(["source model", "pairs", "consistent", *models],
                             [[s, v["pairs"], _pct(v["consistent_share"]), *[_pct(v["agreement_with_label"][m]) for m in models]]
                              for s, v in sources.items()]))
     exports = summary.get("exports", {})
     if exports:
-        parts += ["<h2>Exports</h2>", _table(["file", "rows"], [[f"{k}.parquet", v] for k, v in exports.items()])]
+        parts += ["<h2>Exports</h2>", table(["file", "rows"], [[f"{k}.parquet", v] for k, v in exports.items()])]
     if examples:
         parts += [f"<h2>Example conflicting pairs ({len(examples)})</h2>",
                   "<p>Green outline: the image the human preferred. Red: a model voting against the label.</p>"]
         parts += [_example(ex, models) for ex in examples]
     if skipped:
         parts += [f"<h2>Skipped rows (first {len(skipped)})</h2>",
-                  _table(["file", "row", "reason", "detail"], [[r["file"], r["row"], r["reason"], r["detail"]] for r in skipped], left=4)]
+                  table(["file", "row", "reason", "detail"], [[r["file"], r["row"], r["reason"], r["detail"]] for r in skipped], left=4)]
     parts.append("</body></html>")
     return "\n".join(parts)
