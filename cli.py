@@ -103,6 +103,8 @@ class RichReporter:
         self.task = None
 
     def start(self, stage: str, total: int) -> None:
+        if self.task is not None:  # a step run as several stages (one per generator, per score pool): one bar at a time
+            self.progress.update(self.task, visible=False)
         self.task = self.progress.add_task(stage, total=max(total, 1))
 
     def advance(self, n: int = 1) -> None:
@@ -259,6 +261,46 @@ def train(
             _fail(str(err))
     console.print(f"\n[bold green]done[/] {result.steps} steps; metrics: {result.metrics_csv}; weights: {result.final_dir}",
                   highlight=False)
+
+
+@app.command("eval")
+def eval_(
+    config: Path = typer.Option(preset("eval-demo.yaml"), "--config", "-c",
+                                help="Eval config (YAML). Default: the tiny demo (base tiny-sd15 vs the train demo's LoRA)."),
+    base: str | None = typer.Option(None, help="Base model: a registry generator, a diffusers folder or hub id, or a train run."),
+    candidate: list[str] | None = typer.Option(
+        None, "--candidate", help="A model to compare (repeatable; replaces the config's candidates): a `cli.py train` "
+        "folder, a LoRA folder, a denoiser folder, a diffusers folder or a hub id."),
+    prompts: str | None = typer.Option(None, help="held_out (the library's held-out split), a prompt file, or a build folder."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Eval folder; overrides the config's output_dir."),
+    ray_address: str | None = typer.Option(None, envvar="RAY_ADDRESS", help="Join this Ray cluster."),
+) -> None:
+    """Did training help? Base vs candidates on the same prompts and seeds: rewards, win rates, VLM verdicts, report."""
+    from pipeline.eval.run import Evaluation
+    from schemas.config_io import read_yaml
+    from schemas.eval_config import apply_flags, parse_eval_config
+
+    data = apply_flags(read_yaml(config), base=base, candidates=candidate, prompts=prompts,
+                       out=str(out) if out is not None else None)
+    cfg = parse_eval_config(data, str(config))
+    if ray_address:
+        cfg = _on_cluster(cfg, ray_address)
+    columns = (TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        result = Evaluation(cfg, reporter=RichReporter(progress), source=str(config)).run()
+    s = result.summary
+    first = s["metrics"][0] if s["metrics"] else None
+    console.print(f"\n[bold green]done[/] {len(s['candidates'])} candidate(s) vs {escape(s['base']['name'])}", highlight=False)
+    for c in s["candidates"]:
+        comp = s["comparisons"][c["name"]]["overall"].get(first) if first else None
+        if comp:
+            w = comp["win_rate"]
+            fmt = lambda x: "n/a" if x is None else f"{x:.3f}"
+            fmt_p = lambda x: "n/a" if x is None else f"{x:.3g}"
+            console.print(f"  {escape(c['name'])}: {first} win rate {fmt(w['estimate'])} [{fmt(w['low'])}, {fmt(w['high'])}], "
+                          f"sign test p = {fmt_p(comp['sign_test_p'])}", highlight=False)
+    console.print(f"  report:  {result.report}\n  summary: {result.out_dir / 'summary.json'}\n"
+                  f"  scores:  {result.out_dir / 'scores.parquet'}", highlight=False)
 
 
 if __name__ == "__main__":

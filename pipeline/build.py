@@ -27,7 +27,7 @@ from pipeline.prompt_stage import PromptsStage
 from pipeline.prompts import capacity
 from pipeline.ray_runtime import check_resources, init_ray
 from pipeline.report import NullReporter, Reporter, StageSummary
-from pipeline.score import ScoreStage, ScoreStatsStage, score_names, video_metrics_pool
+from pipeline.score import ScoreStage, combine_summaries, run_scoring, score_names
 from pipeline.select import SELECTION_REPORT, SelectStage
 from pipeline.space import check_space
 from pipeline.stage import Stage, StageInputError, TaskStage
@@ -42,7 +42,6 @@ from schemas.tables import (
     PROMPTS,
     SHARD_INDEX,
     pairs_schema,
-    raw_scores_schema,
     scores_schema,
     selected_schema,
 )
@@ -263,25 +262,8 @@ class Build:
         return self._combine("generate", self.executor.run_group([make() for make in runs]), "generated", keep_all=True)
 
     def _score(self, result: BuildResult) -> StageSummary:
-        groups = self.cfg.scoring.model_groups()
-        metrics_pool = video_metrics_pool([[r.name for r in g] for g, _ in groups])
-        raws, summaries = [], []
-        for gi, (group, resources) in enumerate(groups):
-            cols = score_names([r.name for r in group]) if gi == metrics_pool else [r.name for r in group]
-            raw = self.catalogue.table(f"scores_raw/group-{gi}", raw_scores_schema(cols), cluster_by="category")
-            stage = self.score_stage(
-                resources=resources,
-                models=[(r.name, self.reward_model_path(r), r.dtype, r.options) for r in group],
-                media_root=self.media_root, video_frames=self.cfg.scoring.video_frames, video_metrics=gi == metrics_pool,
-                candidates=self.table("candidates"), prompts=self.table("prompts"), raw=raw,
-            )
-            summaries.append(self.executor.run(stage))
-            raws.append(raw)
-        stats = self._columnar(ScoreStatsStage(raws=tuple(raws), scores=self.table("scores"), score_cols=tuple(self.score_cols)))
-        grouped = self.executor.run(stats)
-        summary = self._combine("score", summaries, "scored")
-        summary.n_out, summary.seconds = grouped.n_out, summary.seconds + grouped.seconds
-        return summary
+        return run_scoring(self.executor, self.catalogue, self.cfg.scoring, self.reward_model_path, self.score_stage,
+                           media_root=self.media_root, columnar=self._columnar)
 
     def _pair(self, result: BuildResult) -> StageSummary:
         p = self.cfg.pairing
@@ -325,24 +307,7 @@ class Build:
                    self.out, self.cfg, result.manifests, tables, self.scorers)
         return summary
 
-    @staticmethod
-    def _combine(step: str, summaries: list[StageSummary], verb: str, keep_all: bool = False) -> StageSummary:
-        """One line for a step run as several stages: generators partition the work (counts add up),
-        score pools each see every candidate (the first pool's counts; failures of every pool)."""
-        out = StageSummary(step)
-        for i, s in enumerate(summaries):
-            if keep_all or i == 0:
-                out.n_in += s.n_in
-                out.n_out += s.n_out
-                out.now += s.now
-                out.before += s.before
-            for k, v in s.dropped.items():
-                out.dropped[k] = out.dropped.get(k, 0) + v
-            out.seconds += s.seconds
-            out.units += s.units
-            out.units_run += s.units_run
-        out.recount(verb)
-        return out
+    _combine = staticmethod(combine_summaries)
 
 
 def run_remote(fn: Callable, on_ray: bool, *args):

@@ -30,13 +30,20 @@ def media_key(modality: str, cid: str, image_format: str) -> str:
     return f"{modality}/{cid[:2]}/{cid}.{media_extension(modality, image_format)}"
 
 
-def expand(prompts: pa.Table, generator: str, params_json: str, seeds_per_prompt: int) -> list[dict[str, Any]]:
-    """The candidates of `prompts` under one generator and sampling setting, sorted by id (no pixels)."""
+def expand(prompts: pa.Table, generator: str, params_json: str, seeds_per_prompt: int,
+           seed_key: str = "") -> list[dict[str, Any]]:
+    """The candidates of `prompts` under one generator and sampling setting, sorted by id (no pixels).
+
+    Seeds come from (prompt, generator, params, k); with `seed_key` from (prompt, seed_key, k) alone, so
+    models compared on the same prompts get the same seeds (`cli.py eval`)."""
     params = json.loads(params_json)
     tasks = []
     for row in prompts.to_pylist():
         for k in range(seeds_per_prompt):
-            seed = derive_seed(row["prompt_id"], generator, params_json, str(k))
+            if seed_key:
+                seed = derive_seed(row["prompt_id"], seed_key, "", str(k))
+            else:
+                seed = derive_seed(row["prompt_id"], generator, params_json, str(k))
             tasks.append({
                 "id": candidate_id(row["prompt_id"], generator, seed, params),
                 "prompt_id": row["prompt_id"], "category": row["category"], "modality": row["modality"],
@@ -57,6 +64,8 @@ class GenerateStage(ActorStage):
     prompts: Table | None = None
     candidates: Table | None = None
     categories: tuple[str, ...] = ()  # the build's categories this generator serves
+    seed_key: str = ""  # set: seeds shared by every generator with this key (see `expand`)
+    weights: str = ""  # fingerprint of weights applied on top of `model_path` (an eval's LoRA); part of unit ids
 
     name: ClassVar[str] = "generate"
     verb: ClassVar[str] = "generated"
@@ -81,8 +90,9 @@ class GenerateStage(ActorStage):
                     params = canonical_json({**self.spec.call_kwargs, **sampling})
                     for a in range(start, stop, step):
                         b = min(a + step, stop)
+                        identity = (g.name, self.model_path, params, g.seeds_per_prompt, cat, fingerprint, a - start, b - start)
                         units.append(make_unit(
-                            "generate", (g.name, self.model_path, params, g.seeds_per_prompt, cat, fingerprint, a - start, b - start),
+                            "generate", identity + ((self.seed_key, self.weights) if self.seed_key or self.weights else ()),
                             key=params, slices=(Slice(rec.path, rec.offset + a, rec.offset + b),),
                             rows=(b - a) * g.seeds_per_prompt,
                         ))
@@ -104,7 +114,7 @@ class GenerateStage(ActorStage):
     def process(self, unit: Unit | list[dict[str, Any]]) -> pa.Table:
         if isinstance(unit, Unit):
             prompts = read_slices(unit.slices, ["prompt_id", "category", "modality", "prompt"])
-            tasks = expand(prompts, self.gcfg.name, unit.key, self.gcfg.seeds_per_prompt)
+            tasks = expand(prompts, self.gcfg.name, unit.key, self.gcfg.seeds_per_prompt, self.seed_key)
         else:  # a list of task dicts (tests drive the stage's logic directly)
             tasks = unit
         rows = []

@@ -55,7 +55,7 @@ class PromptsStage(TaskStage):
         write_bytes(self.problems_path, "".join(f"{p}\n" for p in problems).encode())
         self.count(n_in=sum(t.num_rows for t in tables) + len(problems), n_out=table.num_rows)
         self.drop("bad_row", len(problems))
-        self.stats.extra = _category_index(table)
+        self.stats.extra = category_index(table)
         return table
 
     def finalize(self, records) -> str:
@@ -63,7 +63,7 @@ class PromptsStage(TaskStage):
         return f"bad rows listed in {self.problems_path}" if text else ""
 
 
-def _category_index(table: pa.Table) -> dict:
+def category_index(table: pa.Table) -> dict:
     """Row range [start, stop) and a fingerprint (of its prompt ids) of each category of a sorted table."""
     ranges, fingerprints = {}, {}
     if table.num_rows:

@@ -7,6 +7,7 @@ whose media cannot be read, or on which a model fails alone, is a row with its r
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -17,9 +18,11 @@ import pyarrow.dataset as ds
 
 from pipeline.catalogue import Table, UnitRecord, read_slices
 from pipeline.errors import CORRUPT_MEDIA, ItemFailure
+from pipeline.report import StageSummary
 from pipeline.scoring import score_items
 from pipeline.stage import ActorStage, StageInputError, TaskStage
 from schemas.categories import modality_of
+from schemas.config import ScoringConfig
 from schemas.tables import (
     COMBINED_ADVANTAGE,
     REWARD_MODEL_NAMES,
@@ -261,3 +264,49 @@ class ScoreStatsStage(TaskStage):
         out = add_group_stats(merged, list(self.score_cols))
         self.count(n_in=out.num_rows, n_out=int(pc.sum(pc.is_null(out["reason"])).as_py() or 0))
         return out
+
+
+def run_scoring(executor, catalogue, scoring: ScoringConfig, model_path: Callable, score_stage: type[ScoreStage], *,
+                media_root: str, columnar: Callable[[TaskStage], TaskStage]) -> StageSummary:
+    """The score step of a graph (a build's, an eval's): one `score_stage` per actor pool of
+    `scoring`, each into its raw table `scores_raw/group-<i>`, then the pools joined per category into
+    `scores`. Reads the catalogue's `candidates` and `prompts`; `model_path(reward model config)` is
+    where each checkpoint comes from."""
+    groups = scoring.model_groups()
+    metrics_pool = video_metrics_pool([[r.name for r in g] for g, _ in groups])
+    raws, summaries = [], []
+    for gi, (group, resources) in enumerate(groups):
+        cols = score_names([r.name for r in group]) if gi == metrics_pool else [r.name for r in group]
+        raw = catalogue.table(f"scores_raw/group-{gi}", raw_scores_schema(cols), cluster_by="category")
+        stage = score_stage(
+            resources=resources, models=[(r.name, model_path(r), r.dtype, r.options) for r in group],
+            media_root=media_root, video_frames=scoring.video_frames, video_metrics=gi == metrics_pool,
+            candidates=catalogue.table("candidates"), prompts=catalogue.table("prompts"), raw=raw,
+        )
+        summaries.append(executor.run(stage))
+        raws.append(raw)
+    score_cols = score_names([r.name for r in scoring.reward_models])
+    stats = columnar(ScoreStatsStage(raws=tuple(raws), scores=catalogue.table("scores"), score_cols=tuple(score_cols)))
+    grouped = executor.run(stats)
+    summary = combine_summaries("score", summaries, "scored")
+    summary.n_out, summary.seconds = grouped.n_out, summary.seconds + grouped.seconds
+    return summary
+
+
+def combine_summaries(step: str, summaries: list[StageSummary], verb: str, keep_all: bool = False) -> StageSummary:
+    """One line for a step run as several stages: generators partition the work (counts add up),
+    score pools each see every candidate (the first pool's counts; failures of every pool)."""
+    out = StageSummary(step)
+    for i, s in enumerate(summaries):
+        if keep_all or i == 0:
+            out.n_in += s.n_in
+            out.n_out += s.n_out
+            out.now += s.now
+            out.before += s.before
+        for k, v in s.dropped.items():
+            out.dropped[k] = out.dropped.get(k, 0) + v
+        out.seconds += s.seconds
+        out.units += s.units
+        out.units_run += s.units_run
+    out.recount(verb)
+    return out

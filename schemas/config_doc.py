@@ -9,13 +9,15 @@ from pydantic import BaseModel
 
 from schemas.audit import AuditConfig
 from schemas.config import BuildConfig
+from schemas.eval_config import EvalConfig
 from schemas.train_config import TrainConfig
 
-#: The three configs a user writes, with the command that reads each.
+#: The configs a user writes, with the command that reads each.
 CONFIGS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("`cli.py build --config`", BuildConfig),
     ("`cli.py audit --config`", AuditConfig),
     ("`cli.py train --config`", TrainConfig),
+    ("`cli.py eval --config`", EvalConfig),
 )
 
 

@@ -140,3 +140,13 @@ def selected_schema(scorers: Sequence[str]) -> pa.Schema:
             ("loser_record", pa.string()),
         ]
     )
+
+
+# `cli.py eval`: the VLM's VQAScore-style alignment of one candidate with its prompt (docs/eval.md).
+ALIGNMENT = pa.schema([
+    ("candidate_id", pa.string()),
+    ("category", pa.string()),
+    ("rater", pa.string()),
+    ("p_yes", pa.float32()),  # first-token P("Yes") over the full vocabulary; null when there is no answer
+    ("reason", pa.string()),  # why there is no answer (vlm_no_label, corrupt_media, failed); null otherwise
+])

@@ -112,6 +112,14 @@ class OptimConfig(Strict):
     warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 over this many optimiser steps.")
 
 
+class TrainEvalConfig(Strict):
+    every: int = Field(ge=1, description="Run the eval every this many optimiser steps (and after the last step).")
+    config: str = Field(
+        description="An eval config (`cli.py eval`'s YAML) giving prompts, seeds, reward models and judge; its base is "
+        "replaced by this run's model and its candidates by this run's weights at the step (docs/eval.md, \"During training\")."
+    )
+
+
 class TrainConfig(Strict):
     output_dir: str = Field("./vipo-train", description="Run folder: metrics.csv, checkpoints/, final weights.")
     seed: int = Field(0, description="Seed of LoRA init, VAE sampling, noise and timesteps (per step, so resume is exact).")
@@ -136,6 +144,9 @@ class TrainConfig(Strict):
     )
     device: Literal["auto", "cpu"] = Field("auto", description="auto: accelerate's choice (GPU when present); cpu forces CPU.")
     cache_dir: str | None = Field(None, description="Where tiny models are materialised; default ~/.cache/vipo.")
+    eval: TrainEvalConfig | None = Field(
+        None, description="Evaluate the weights every N steps against the base; win rates go into metrics.csv and the trackers."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

@@ -143,20 +143,20 @@ def train_step(model: TrainModel, policy: torch.nn.Module, batch: PairBatch, gen
 class _MetricsCSV:
     """metrics.csv, one row per logged step; on resume rows past the checkpoint are dropped."""
 
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
+    def __init__(self, path: Path, resume_step: int, columns: tuple[str, ...] = METRIC_COLUMNS):
+        self.path, self.columns = path, columns
         rows: list[dict[str, str]] = []
         if resume_step and path.exists():
             with path.open(newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
         self._f = path.open("w", newline="")
-        self._w = csv.DictWriter(self._f, fieldnames=METRIC_COLUMNS)
+        self._w = csv.DictWriter(self._f, fieldnames=columns, extrasaction="ignore")
         self._w.writeheader()
         self._w.writerows(rows)
         self._f.flush()
 
     def write(self, row: dict[str, Any]) -> None:
-        self._w.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
+        self._w.writerow({k: ("" if row.get(k) is None else row[k]) for k in self.columns})
         self._f.flush()
 
     def close(self) -> None:
@@ -182,6 +182,10 @@ def preflight(cfg: TrainConfig) -> None:
         raise ValueError(f"data.modality: video pairs need a video model; {cfg.model.generator!r} is a {family} image model")
     if family == "wan21" and cfg.data.modality == "video" and (cfg.data.num_frames - 1) % 4:
         raise ValueError(f"data.num_frames: {cfg.data.num_frames}; the Wan VAE needs (num_frames - 1) % 4 == 0 (e.g. 5, 9, 33)")
+    if cfg.eval is not None:  # the eval config is read and checked before anything is loaded
+        from trainer.periodic_eval import PeriodicEval
+
+        PeriodicEval(cfg, Path(cfg.output_dir))
 
 
 def effective_learning_rate(cfg: TrainConfig, num_processes: int) -> float:
@@ -291,7 +295,13 @@ def _run(cfg: TrainConfig, accelerator: Any, reporter: Reporter, loader: Iterabl
         if loader_state is not None:
             data.load_state_dict(loader_state)
     resumed_from = step
-    metrics = _MetricsCSV(out / "metrics.csv", step) if accelerator.is_main_process else None
+    periodic = None
+    if cfg.eval is not None and accelerator.is_main_process:
+        from trainer.periodic_eval import PeriodicEval
+
+        periodic = PeriodicEval(cfg, out)
+    columns = METRIC_COLUMNS + tuple(periodic.columns if periodic else ())
+    metrics = _MetricsCSV(out / "metrics.csv", step, columns) if accelerator.is_main_process else None
     if cfg.report_to != "none":
         accelerator.init_trackers("vipo-train", config={"alpha": cfg.objective.alpha, "beta": beta,
                                                         "lr": lr, "generator": m.generator})
@@ -348,7 +358,13 @@ def _run(cfg: TrainConfig, accelerator: Any, reporter: Reporter, loader: Iterabl
             sums, micro, window = {}, 0, []
             step += 1
             last = {"step": step, "phase": "sft" if sft_only else "dpo", **means, "lr": lr_used}
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
+            evaluated = cfg.eval is not None and (step % cfg.eval.every == 0 or step == cfg.max_steps)
+            if periodic is not None and evaluated:
+                last.update(periodic.run(step, lambda folder: model.save_final(folder, accelerator.unwrap_model(policy)),
+                                         lora=bool(model.lora)))
+            if evaluated:
+                accelerator.wait_for_everyone()  # the other ranks wait while rank 0 evaluates
+            if step % cfg.log_every == 0 or step == cfg.max_steps or evaluated:
                 if metrics is not None:
                     metrics.write(last)
                 if cfg.report_to != "none":
