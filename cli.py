@@ -303,5 +303,59 @@ def eval_(
                   f"  scores:  {result.out_dir / 'scores.parquet'}", highlight=False)
 
 
+@app.command()
+def annotate(
+    path: Path = typer.Argument(..., help="A build folder (pairs are sampled from it) or a study folder (served as it is)."),
+    sample: int = typer.Option(200, min=1, help="Pairs to sample, stratified by category."),
+    study: Path | None = typer.Option(None, help="Where the study goes; default <build>/study (its figures then go into the card)."),
+    repeat_share: float = typer.Option(0.1, min=0.0, max=0.5, help="Share of pairs each annotator sees twice (self-consistency)."),
+    seed: int = typer.Option(0, help="Seed of the sample, of each annotator's order and left/right sides."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps the page on this machine."),
+    port: int = typer.Option(8765, min=1, max=65535, help="Port of the annotation page."),
+    no_serve: bool = typer.Option(False, "--no-serve", help="Only sample the study folder."),
+) -> None:
+    """Human study: sample pairs of a built dataset and serve a local page for people to vote on."""
+    from pipeline.study.sample import sample_build
+    from schemas.study import STUDY_FILE
+
+    if not path.exists():
+        _fail(f"{path}: no such folder")
+    folder = path
+    if not (path / STUDY_FILE).is_file():
+        folder = study or path / "study"
+        made = sample_build(path, folder, sample, seed=seed, repeat_share=repeat_share)
+        per_cat = ", ".join(f"{c} {n}" for c, n in made.by_category.items())
+        console.print(f"[bold green]sampled[/] {made.pairs} pairs into {folder} ({escape(per_cat)})", highlight=False)
+    if no_serve:
+        console.print(f"  serve it: python cli.py annotate {folder}", highlight=False)
+        return
+    from pipeline.study.server import serve
+
+    console.print(f"annotation page: http://{host}:{port}/  (votes land in {folder / 'votes'}; Ctrl-C stops)\n"
+                  f"  then: python cli.py agreement {folder}", highlight=False)
+    serve(folder, host=host, port=port)
+
+
+@app.command()
+def agreement(
+    study: Path = typer.Argument(..., help="A study folder made by `cli.py annotate`."),
+    min_votes: int = typer.Option(2, min=1, help="Voters a pair needs before its majority counts."),
+    resamples: int = typer.Option(2000, min=100, help="Bootstrap resamples per interval."),
+) -> None:
+    """How far the annotators agree with each other, and each rater with them: summary.json and report.html."""
+    from pipeline.study.run import run_agreement
+
+    result = run_agreement(study, min_votes=min_votes, resamples=resamples)
+    s = result.summary
+    pct = lambda iv: "n/a" if not iv or iv.get("estimate") is None else f"{100 * iv['estimate']:.1f}%"
+    console.print(f"[bold green]done[/] {s['votes']} votes by {len(s['annotators'])} annotators on {s['pairs']} pairs; "
+                  f"annotators agree with the majority of the others on {pct(s['annotator_agreement']['mean'])}", highlight=False)
+    for rater, r in s["raters"].items():
+        console.print(f"  {rater:<12} agrees with the human majority on {pct(r['overall'])}", highlight=False)
+    console.print(f"  report:  {result.report}\n  summary: {result.summary_path}", highlight=False)
+    if result.card is not None:
+        console.print(f"  card:    {result.card} (section 'Human study')", highlight=False)
+
+
 if __name__ == "__main__":
     sys.exit(app())

@@ -332,7 +332,11 @@ def write_card(
 
     `scores`: the scores table (score distributions); `pairs`: all formed pairs with their margins
     (agreement matrix); `judgements`: the VLM's (its row in the matrix)."""
+    from pipeline.study.card import study_section
+
     text, plots = build_card(cfg, manifests, selected, scores=scores, pairs=pairs, judgements=judgements)
+    section = study_section(out_dir)  # a human study inside the build folder keeps its figures in the card
+    text = text.rstrip("\n") + "\n\n" + section if section else text
     folder = Path(out_dir) / CARD_DIR
     for name, data in sorted(plots.items()):
         write_bytes(folder / PLOTS_DIR / name, data)

@@ -30,7 +30,7 @@ def test_every_package_folder_is_listed_for_setuptools():
     assert on_disk - listed == set(), f"pyproject.toml [tool.setuptools] packages misses {sorted(on_disk - listed)}"
     assert listed - on_disk == {"vipo_configs"}, f"pyproject.toml lists packages with no folder: {sorted(listed - on_disk - {'vipo_configs'})}"
     assert st["package-dir"] == {"vipo_configs": "configs"} and (REPO / "configs" / "__init__.py").is_file()
-    assert st["package-data"] == {"vipo_configs": ["*.yaml"]}
+    assert st["package-data"] == {"vipo_configs": ["*.yaml"], "pipeline.study": ["static/*"]}
 
 
 def test_gpu_extra_pins_the_set_the_suite_was_run_on():
@@ -55,6 +55,8 @@ def test_a_wheel_install_finds_its_presets_outside_the_checkout(tmp_path):
     presets = {f"vipo_configs/{p.name}" for p in (REPO / "configs").glob("*.yaml")}
     assert len(presets) >= 3 and "vipo_configs/demo.yaml" in presets
     assert sources | presets | {"cli.py"} <= members, f"the wheel misses {sorted((sources | presets | {'cli.py'}) - members)}"
+    page = {f"pipeline/study/static/{p.name}" for p in (REPO / "pipeline" / "study" / "static").iterdir()}
+    assert page and page <= members, f"the wheel misses the annotation page's {sorted(page - members)}"
 
     venv = tmp_path / "venv"
     assert run(sys.executable, "-m", "venv", "--system-site-packages", str(venv)).returncode == 0
