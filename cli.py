@@ -305,17 +305,17 @@ def eval_(
 
 @app.command()
 def annotate(
-    path: Path = typer.Argument(..., help="A build folder (pairs are sampled from it) or a study folder (served as it is)."),
+    path: Path = typer.Argument(..., help="A build folder or an audit folder (pairs are sampled from it), or a study folder (served as it is)."),
     sample: int = typer.Option(200, min=1, help="Pairs to sample, stratified by category."),
-    study: Path | None = typer.Option(None, help="Where the study goes; default <build>/study (its figures then go into the card)."),
+    study: Path | None = typer.Option(None, help="Where the study goes; default <build or audit>/study (a build's card then gets its figures)."),
     repeat_share: float = typer.Option(0.1, min=0.0, max=0.5, help="Share of pairs each annotator sees twice (self-consistency)."),
     seed: int = typer.Option(0, help="Seed of the sample, of each annotator's order and left/right sides."),
     host: str = typer.Option("127.0.0.1", help="Address to bind; 127.0.0.1 keeps the page on this machine."),
     port: int = typer.Option(8765, min=1, max=65535, help="Port of the annotation page."),
     no_serve: bool = typer.Option(False, "--no-serve", help="Only sample the study folder."),
 ) -> None:
-    """Human study: sample pairs of a built dataset and serve a local page for people to vote on."""
-    from pipeline.study.sample import sample_build
+    """Human study: sample pairs of a built dataset (or an audit's rows) and serve a local page for people to vote on."""
+    from pipeline.study.sample import sample_audit, sample_build
     from schemas.study import STUDY_FILE
 
     if not path.exists():
@@ -323,7 +323,8 @@ def annotate(
     folder = path
     if not (path / STUDY_FILE).is_file():
         folder = study or path / "study"
-        made = sample_build(path, folder, sample, seed=seed, repeat_share=repeat_share)
+        audit = (path / "summary.json").is_file() and (path / "scores").is_dir()  # a `cli.py audit` output folder
+        made = (sample_audit if audit else sample_build)(path, folder, sample, seed=seed, repeat_share=repeat_share)
         per_cat = ", ".join(f"{c} {n}" for c, n in made.by_category.items())
         console.print(f"[bold green]sampled[/] {made.pairs} pairs into {folder} ({escape(per_cat)})", highlight=False)
     if no_serve:

@@ -118,3 +118,30 @@ def test_cli_annotate_samples_without_serving(study, tmp_path):
     bad = subprocess.run([sys.executable, str(REPO / "cli.py"), "agreement", str(tmp_path / "nowhere")],
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert bad.returncode == 2 and "not a study folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_an_audits_rows_become_a_study_with_the_human_label(ray_session, vipo_cache, tmp_path):
+    import pyarrow.parquet as pq
+
+    from pipeline.audit.run import run_audit
+    from pipeline.audit.sample import write_sample
+    from pipeline.study.sample import AUDIT_CATEGORY, sample_audit
+    from schemas.audit import parse_audit_config
+
+    data = write_sample(tmp_path / "pickapic" / "train-0.parquet", rows=16, planted=False)
+    cfg = parse_audit_config({"cache_dir": str(vipo_cache), "resources": {"num_cpus": 1, "num_actors": 1, "batch_size": 8}})
+    run_audit(data, tmp_path / "audit", cfg)
+    made = sample_audit(tmp_path / "audit", tmp_path / "study", 5, seed=1)
+    pairs = pd.read_parquet(made.folder / PAIRS_FILE)
+    meta = json.loads((made.folder / STUDY_FILE).read_text())
+    assert made.pairs == 5 and meta["kind"] == "audit" and meta["raters"][-2:] == ["unanimous", "label"]
+    raw = pq.read_table(data).to_pylist()
+    scores = ds.dataset(Table(str(next((tmp_path / "audit" / "scores").iterdir())), pa.schema([])).files(),
+                        format="parquet").to_table().to_pandas().set_index("row_id")
+    for row in pairs.itertuples():
+        src = raw[int(row.source_id.split(":")[1])]
+        assert row.category == AUDIT_CATEGORY and row.prompt == src["caption"]
+        assert (made.folder / row.media_a).read_bytes() == src["jpg_0"] and (made.folder / row.media_b).read_bytes() == src["jpg_1"]
+        assert row.vote_label == (1 if src["label_0"] > 0.5 else -1 if src["label_0"] < 0.5 else 0)
+        s0, s1 = scores.loc[row.source_id, "pickscore_0"], scores.loc[row.source_id, "pickscore_1"]
+        assert row.vote_pickscore == (1 if s0 > s1 else -1 if s0 < s1 else 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,27 +103,114 @@ def sample_build(build: str | Path, out: str | Path, n: int, seed: int = 0, repe
     chosen = [r for cat in sorted(by_cat) for r in by_cat[cat][: want[cat]]]
     raters = [*scorers, *(["unanimous"] if len(scorers) == len(REWARD_MODEL_NAMES) else []), "vlm"]
     store = MediaStore(media_root)
-    out.mkdir(parents=True, exist_ok=True)
-    table_rows = []
-    for r in chosen:
+
+    def pair(r: dict) -> tuple[dict, bytes, bytes]:
         winner, loser = json.loads(r["winner_record"]), json.loads(r["loser_record"])
-        ext = media_extension(r["modality"], image_format)
-        paths = {}
-        for side, rec in (("a", winner), ("b", loser)):
-            rel = f"{MEDIA_DIR}/{r['pair_id']}_{side}.{ext}"
-            write_bytes(out / rel, store.read(rec["media_path"]))
-            paths[side] = rel
         votes = _votes(r, winner, loser, scorers)
-        table_rows.append({"pair_id": r["pair_id"], "category": r["category"], "modality": r["modality"],
-                           "prompt": r["prompt"], "media_a": paths["a"], "media_b": paths["b"], "source_id": r["pair_id"],
-                           **{vote_column(k): votes.get(k) for k in raters}})
-    table = pa.Table.from_pylist(table_rows, schema=pairs_schema(raters))
+        row = {"pair_id": r["pair_id"], "category": r["category"], "modality": r["modality"], "prompt": r["prompt"],
+               "source_id": r["pair_id"], "ext": media_extension(r["modality"], image_format),
+               **{vote_column(k): votes.get(k) for k in raters}}
+        return row, store.read(winner["media_path"]), store.read(loser["media_path"])
+
+    return _write_study(out, (pair(r) for r in chosen), raters, {"source": str(build.resolve()), "kind": "build",
+                                                                  "seed": seed, "repeat_share": repeat_share})
+
+
+def _write_study(out: Path, pairs: Iterable[tuple[dict, bytes, bytes]], raters: list[str], meta: dict) -> SampleResult:
+    """Media (one pair's bytes in memory at a time), pairs.parquet, then study.json (last: its presence
+    marks a whole study)."""
     import pyarrow.parquet as pq
 
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for row, data_a, data_b in pairs:
+        ext = row.pop("ext")
+        for side, data in (("a", data_a), ("b", data_b)):
+            rel = f"{MEDIA_DIR}/{row['pair_id']}_{side}.{ext}"
+            write_bytes(out / rel, data)
+            row[f"media_{side}"] = rel
+        rows.append(row)
+    table = pa.Table.from_pylist(rows, schema=pairs_schema(raters))
     write_atomic(out / PAIRS_FILE, lambda f: pq.write_table(table, f))
-    counts = {c: k for c, k in want.items() if k}
-    meta = {"version": STUDY_VERSION, "source": str(build.resolve()), "kind": "build",
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seed": seed, "repeat_share": repeat_share,
-            "raters": raters, "pairs": len(table_rows), "categories": counts}
-    write_bytes(out / STUDY_FILE, (json.dumps(meta, indent=2) + "\n").encode())  # last: its presence marks a whole study
-    return SampleResult(out, len(table_rows), counts)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["category"]] = counts.get(row["category"], 0) + 1
+    meta = {"version": STUDY_VERSION, **meta, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "raters": raters, "pairs": len(rows), "categories": dict(sorted(counts.items()))}
+    write_bytes(out / STUDY_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    return SampleResult(out, len(rows), meta["categories"])
+
+
+AUDIT_CATEGORY = "general"  # an audited dataset (Pick-a-Pic) has no categories: one overall preference
+
+
+def _sniff(data: bytes, video: bool) -> str | None:
+    """The file extension the bytes' magic number says (the page serves jpg, png, webp, mp4)."""
+    if video:
+        return "mp4" if data[4:8] == b"ftyp" else None
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def _label_vote(label_0: float | None) -> int | None:
+    if label_0 is None or label_0 != label_0:
+        return None
+    return 1 if label_0 > 0.5 else -1 if label_0 < 0.5 else 0
+
+
+def sample_audit(audit: str | Path, out: str | Path, n: int, seed: int = 0, repeat_share: float = 0.1) -> SampleResult:
+    """Sample `n` scored rows of a `cli.py audit` output folder: side a is the row's image 0, the
+    dataset's own human label is the rater `label`, beside the reward models and their unanimous rule.
+    The images are read again from the audited input (its files must still be where the audit read them)."""
+    from pipeline.audit.read import discover, read_rows
+    from schemas.audit import SCORED
+
+    audit, out = Path(audit), Path(out)
+    if (out / STUDY_FILE).exists():
+        raise StudyError(f"{out}: already a study folder; serve it with `cli.py annotate {out}` or choose another --study")
+    summary = json.loads((audit / "summary.json").read_text())
+    sources = discover(summary["input"])
+    if [s.path for s in sources] != summary["sources"]:
+        raise StudyError(f"{audit}: its input {summary['input']} has changed since the audit (other files); audit it again")
+    scorers = [m["name"] for m in summary["config"]["reward_models"]]
+    tables = sorted(p for p in (audit / "scores").iterdir() if p.is_dir()) if (audit / "scores").is_dir() else []
+    files = [f for t in tables for f in Table(str(t), pa.schema([])).files()]
+    if not files:
+        raise StudyError(f"{audit}: no scored rows (is it a finished audit folder?)")
+    cols = ["row_id", "source", "row", "status", "label_0", *(f"{s}_{k}" for s in scorers for k in (0, 1))]
+    rows = ds.dataset(files, format="parquet").to_table(columns=cols).to_pylist()
+    rows = sorted((r for r in rows if r["status"] == SCORED), key=lambda r: _order_key(seed, r["row_id"]))[:n]
+    raters = [*scorers, *(["unanimous"] if len(scorers) == len(REWARD_MODEL_NAMES) else []), "label"]
+
+    def pairs():
+        by_source: dict[int, list[dict]] = {}
+        for r in rows:
+            by_source.setdefault(int(r["source"]), []).append(r)
+        for index, group in sorted(by_source.items()):
+            raw = read_rows(sources[index], index, [int(r["row"]) for r in group])
+            for r in group:
+                rec = raw.get(int(r["row"]), {})
+                video = bool(rec.get("video"))
+                data_a, data_b = rec.get("img_0"), rec.get("img_1")
+                ext = _sniff(data_a or b"", video)
+                if not data_a or not data_b or ext is None or _sniff(data_b, video) != ext:
+                    continue  # the input changed under the audit, or a format the page cannot show: left out
+                votes = {s: _sign(r[f"{s}_0"] - r[f"{s}_1"]) if None not in (r[f"{s}_0"], r[f"{s}_1"]) else None
+                         for s in scorers}
+                if "unanimous" in raters and None not in votes.values():
+                    v = list(votes.values())
+                    votes["unanimous"] = 1 if all(x == 1 for x in v) else -1 if all(x == -1 for x in v) else 0
+                votes["label"] = _label_vote(r["label_0"])
+                pid = hashlib.sha256(f"vipo-study\x1f{r['row_id']}".encode()).hexdigest()[:16]
+                row = {"pair_id": pid, "category": AUDIT_CATEGORY, "modality": "video" if video else "image",
+                       "prompt": str(rec.get("caption") or ""), "source_id": r["row_id"], "ext": ext,
+                       **{vote_column(k): votes.get(k) for k in raters}}
+                yield row, data_a, data_b
+
+    return _write_study(out, pairs(), raters, {"source": str(audit.resolve()), "kind": "audit", "seed": seed,
+                                               "repeat_share": repeat_share})

@@ -166,7 +166,7 @@ def _item(study: Study, pos: int, pid: str, repeat: bool, left: str) -> dict[str
     category = CATEGORIES.get(pair["category"])
     return {
         "seq": pos, "pair_id": pid, "prompt": pair["prompt"], "category": pair["category"],
-        "rubric": category.rubric if category else "", "modality": pair["modality"],
+        "rubric": category.rubric if category else "overall quality and faithfulness to the prompt", "modality": pair["modality"],
         "left": {"url": f"/media/{pid}/{left}"}, "right": {"url": f"/media/{pid}/{right}"},
     }
 
