@@ -1,5 +1,5 @@
 """The annotation server of the human study, end to end: the real server in a subprocess (so it can be
-SIGKILLed), a real headless Chromium driven by Selenium, hostile requests, and a kill mid-vote.
+SIGKILLed), a real headless Chromium driven through chromedriver (tests/webdriver.py), hostile requests, and a kill mid-vote.
 
 What matters: every acknowledged vote is on disk, a refused request writes nothing, a reload resumes
 at the first unvoted pair, and the sequence an annotator sees is a pure function of (study, annotator).
@@ -170,22 +170,15 @@ def _driver(tmp: Path):
         if os.environ.get("CI"):
             pytest.fail("chromium/chromedriver is not installed (.ci/run installs it)")
         pytest.skip("chromium/chromedriver is not installed")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from tests.webdriver import Browser, chromium_args
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,900",
-                f"--user-data-dir={tmp}", "--autoplay-policy=no-user-gesture-required"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    return Browser(CHROMEDRIVER, shutil.which("chromium"), chromium_args(tmp))
 
 
 def _wait(driver, what: str, cond, timeout: float = 20):
-    from selenium.webdriver.support.ui import WebDriverWait
+    from tests.webdriver import wait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: cond(d), message=what)
+    return wait(driver, what, cond, timeout)
 
 
 def _page(driver) -> dict:
@@ -196,17 +189,16 @@ def _page(driver) -> dict:
         " left: (document.querySelector('#left img, #left video') || {}).src || null};")
 
 
-KEY_OF = {"left": "ARROW_LEFT", "right": "ARROW_RIGHT", "tie": "ARROW_DOWN", "skip": "ARROW_UP"}
+KEY_OF = {"left": "ARROW_LEFT", "right": "ARROW_RIGHT", "tie": "ARROW_DOWN", "skip": "ARROW_UP"}  # tests.webdriver keys
 
 
 def _annotate(driver, base: str, annotator: str, choices: list[str], seq: list) -> None:
     """Log in, check each shown pair is the sequence's, vote by arrow key, wait for the next pair."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
+    from tests import webdriver as keys
 
     driver.get(base + "/")
     _wait(driver, "login form", lambda d: _page(d)["state"] == "login")
-    driver.find_element(By.ID, "annotator").send_keys(annotator, Keys.ENTER)
+    driver.find_css("#annotator").send_keys(annotator, keys.ENTER)
     for i, choice in enumerate(choices):
         _wait(driver, f"{annotator} item {i}", lambda d, i=i: (p := _page(d))["state"] == "ready" and p["seq"] == str(i))
         page = _page(driver)
@@ -216,7 +208,7 @@ def _annotate(driver, base: str, annotator: str, choices: list[str], seq: list) 
             _wait(driver, "video decoded", lambda d: d.execute_script(
                 "const v = [...document.querySelectorAll('video')];"
                 "return v.length === 2 && v.every(x => x.error === null && x.readyState >= 2);"))
-        driver.find_element(By.TAG_NAME, "body").send_keys(getattr(Keys, KEY_OF[choice]))
+        driver.find_css("body").send_keys(getattr(keys, KEY_OF[choice]))
     _wait(driver, f"{annotator} after the last vote",
           lambda d: (p := _page(d))["state"] in ("ready", "done") and p["progress"] == f"{len(choices)} / {len(seq)}")
 
