@@ -230,9 +230,7 @@ class Build:
         if "generate" in stages:
             pools += [(f"generators.{i}.resources", g.resources) for i, g in enumerate(self.cfg.generators)]
         if "score" in stages:
-            sc = self.cfg.scoring
-            pools += ([(f"scoring.groups.{i}.resources", g.resources) for i, g in enumerate(sc.groups)] if sc.groups
-                      else [("scoring.resources", sc.resources)])
+            pools += [(f"scoring.{key}", res) for key, res in self.cfg.scoring.pool_resources()]
         if "judge" in stages and self.cfg.judge is not None:
             pools.append(("judge.resources", self.cfg.judge.resources))
         return pools
@@ -259,7 +257,7 @@ class Build:
                 media_root=self.media_root, media=self.cfg.media, prompts=self.table("prompts"),
                 candidates=self.table("candidates"), categories=cats,
             ))
-        return self._combine("generate", self.executor.run_group([make() for make in runs]), "generated", keep_all=True)
+        return combine_summaries("generate", self.executor.run_group([make() for make in runs]), "generated", keep_all=True)
 
     def _score(self, result: BuildResult) -> StageSummary:
         return run_scoring(self.executor, self.catalogue, self.cfg.scoring, self.reward_model_path, self.score_stage,
@@ -306,8 +304,6 @@ class Build:
         run_remote(write_card_from_tables, self.executor.use_ray and self.cfg.ray.columnar != "local",
                    self.out, self.cfg, result.manifests, tables, self.scorers)
         return summary
-
-    _combine = staticmethod(combine_summaries)
 
 
 def run_remote(fn: Callable, on_ray: bool, *args):

@@ -116,6 +116,12 @@ class ScoringConfig(Strict):
                 raise ValueError(f"groups: must name each of {configured} exactly once, got {named}")
         return self
 
+    def pool_resources(self) -> list[tuple[str, ResourceConfig]]:
+        """(key under `scoring`, resources) of each actor pool, in config order, for error messages."""
+        if not self.groups:
+            return [("resources", self.resources)]
+        return [(f"groups.{i}.resources", g.resources) for i, g in enumerate(self.groups)]
+
     def model_groups(self) -> list[tuple[list[RewardModelConfig], ResourceConfig]]:
         """(models, resources) per actor pool, in config order."""
         if not self.groups:

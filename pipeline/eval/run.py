@@ -37,7 +37,6 @@ from schemas.categories import modality_of
 from schemas.config import GeneratorConfig
 from schemas.config_io import ConfigError
 from schemas.eval_config import EvalConfig
-from schemas.ids import canonical_json
 from schemas.tables import ALIGNMENT, CANDIDATES, JUDGEMENTS, PROMPTS, scores_schema
 
 SUMMARY = "summary.json"
@@ -116,7 +115,7 @@ class Evaluation:
         write_bytes(self.out / "config.yaml", yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False).encode())
         init_ray(self.cfg.ray, log_file=self.out / "logs" / "ray.log")
         cfg = self.cfg
-        pools = [("generation", cfg.generation), *[(f"scoring.groups.{i}.resources", r) for i, (_, r) in enumerate(cfg.scoring.model_groups())]]
+        pools = [("generation", cfg.generation), *[(f"scoring.{key}", res) for key, res in cfg.scoring.pool_resources()]]
         if cfg.judge is not None:
             pools.append(("judge.resources", cfg.judge.resources))
         for key, res in pools:
@@ -255,8 +254,8 @@ class Evaluation:
         return summary
 
     def grids(self, df: pd.DataFrame) -> list[dict]:
-        """Side-by-side examples: `report.examples` prompts, taken round-robin over categories in a seeded
-        order, each at its first seed, with every model's media and scores."""
+        """Side-by-side examples: `report.examples` prompts, taken round-robin over categories in prompt id
+        order (ids are content hashes: a stable mix), each at its first seed, with every model's media and scores."""
         from pipeline.html_report import frame_strip_uris, thumbnail_uri
         from pipeline.media import MediaStore
 
@@ -265,8 +264,7 @@ class Evaluation:
         if not n or df.empty:
             return []
         base = df[df["model"] == names[0]]
-        per_cat = {cat: sorted(g["prompt_id"].unique(), key=lambda pid: canonical_json([self.cfg.bootstrap.seed, pid]))
-                   for cat, g in base.groupby("category")}
+        per_cat = {cat: sorted(g["prompt_id"].unique()) for cat, g in base.groupby("category")}
         chosen: list[str] = []
         for k in range(max((len(v) for v in per_cat.values()), default=0)):
             chosen += [v[k] for v in per_cat.values() if k < len(v)]
