@@ -37,6 +37,20 @@ def rater_model_path(cfg: JudgeConfig, cache_dir: str | Path, words: tuple[str, 
     return materialise_tiny("rater", name, 0, lambda folder: tiny.save_tiny_rater(folder, seed=0, words=words), tiny, Path(cache_dir))
 
 
+def rater_media(media_root: str, rel_path: str | None, modality: str, video_frames: int) -> list:
+    """What the VLM is shown of one candidate: its image, or `video_frames` frames of its video (PIL, in order)."""
+    from PIL import Image
+
+    from pipeline.media import MediaStore, decode_image, read_video_frames
+
+    if rel_path is None:
+        raise FileNotFoundError("the candidate has no media path in the candidates table")
+    data = MediaStore(media_root).read(rel_path)
+    if modality == "video":
+        return [Image.fromarray(f) for f in read_video_frames(data, video_frames)]
+    return [decode_image(data)]
+
+
 @dataclass
 class JudgeStage(ActorStage):
     """The VLM rater on one actor; a unit holds kept pairs of one category.
@@ -102,16 +116,7 @@ class JudgeStage(ActorStage):
         return tasks
 
     def _media(self, rel_path: str | None, modality: str) -> list:
-        from PIL import Image
-
-        from pipeline.media import MediaStore, decode_image, read_video_frames
-
-        if rel_path is None:
-            raise FileNotFoundError("the candidate has no media path in the candidates table")
-        data = MediaStore(self.media_root).read(rel_path)
-        if modality == "video":
-            return [Image.fromarray(f) for f in read_video_frames(data, self.cfg.video_frames)]
-        return [decode_image(data)]
+        return rater_media(self.media_root, rel_path, modality, self.cfg.video_frames)
 
     def process(self, unit: Unit | list[dict[str, Any]]) -> pa.Table:
         from reward_models.vlm.prompting import PairQuery, RaterAnswerError

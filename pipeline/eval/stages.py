@@ -23,6 +23,7 @@ from pipeline.catalogue import Table, read_slices
 from pipeline.errors import CORRUPT_MEDIA, VLM_NO_LABEL, ItemFailure, batch_then_each
 from pipeline.eval.models import EvalModel, apply_weights
 from pipeline.generate import GenerateStage
+from pipeline.judge import rater_media
 from pipeline.prompt_stage import category_index
 from pipeline.score import plan_by_category
 from pipeline.stage import ActorStage, StageInputError, TaskStage
@@ -233,16 +234,6 @@ class AlignmentStage(ActorStage):
             tasks.append({**r, "prompt": text[r["prompt_id"]]})
         return sorted(tasks, key=lambda t: t["candidate_id"])
 
-    def _media(self, task: dict) -> list:
-        from PIL import Image
-
-        from pipeline.media import MediaStore, decode_image, read_video_frames
-
-        data = MediaStore(self.media_root).read(task["media_path"])
-        if task["modality"] == "video":
-            return [Image.fromarray(f) for f in read_video_frames(data, self.cfg.video_frames)]
-        return [decode_image(data)]
-
     def process(self, unit: Unit) -> pa.Table:
         from reward_models.vlm.prompting import AlignmentQuery, RaterAnswerError
 
@@ -251,7 +242,7 @@ class AlignmentStage(ActorStage):
         queries: dict[int, AlignmentQuery] = {}
         for i, t in enumerate(tasks):
             try:
-                queries[i] = AlignmentQuery(item_id=t["candidate_id"], prompt=t["prompt"], media=self._media(t))
+                queries[i] = AlignmentQuery(item_id=t["candidate_id"], prompt=t["prompt"], media=rater_media(self.media_root, t["media_path"], t["modality"], self.cfg.video_frames))
             except Exception as err:
                 results[i] = ItemFailure.of(t["candidate_id"], err, CORRUPT_MEDIA)
         order = list(queries)
