@@ -25,8 +25,10 @@ from schemas.config import (
     validate_config,
 )
 from schemas.config_io import ConfigError, read_yaml
+from schemas.train_config import RUN_CONFIG
 
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+LORA_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes (cli.py train's final/)
 
 
 class EvalModelConfig(Strict):
@@ -156,10 +158,10 @@ def _model_from_flag(value: str, like: dict, name: str) -> dict:
     """An EvalModelConfig mapping from a command-line value: a `cli.py train` folder, a LoRA folder, a
     denoiser folder, a diffusers folder or hub id (on `like`'s generator), or a registry name."""
     path = Path(value)
-    if (path / "train_config.json").is_file():
+    if (path / RUN_CONFIG).is_file():
         return {"name": name, "train_run": value}
     keep = {k: like[k] for k in ("generator", "model", "dtype") if like.get(k) is not None}
-    if (path / "pytorch_lora_weights.safetensors").is_file():
+    if (path / LORA_FILE).is_file():
         return {**keep, "name": name, "lora": value}
     if (path / "config.json").is_file() and not (path / "model_index.json").is_file():
         return {**keep, "name": name, "denoiser": value}

@@ -16,6 +16,7 @@ from schemas.config_io import read_yaml
 from schemas.train_data import TrainDataConfig
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
+RUN_CONFIG = "train_config.json"  # the resolved config a run writes into its output_dir (what `cli.py eval` reads)
 
 
 class ModelConfig(Strict):

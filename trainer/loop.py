@@ -26,7 +26,7 @@ import torch
 
 from pipeline.locks import FolderLock
 from schemas.errors import VipoError
-from schemas.train_config import OptimConfig, TrainConfig
+from schemas.train_config import RUN_CONFIG, OptimConfig, TrainConfig
 from trainer.batch import PairBatch
 from trainer.checkpoint import (
     latest_checkpoint,
@@ -262,7 +262,7 @@ def _run(cfg: TrainConfig, accelerator: Any, reporter: Reporter, loader: Iterabl
     set_seed(cfg.seed)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(cfg.model_dump_json(indent=2))
+        (out / RUN_CONFIG).write_text(cfg.model_dump_json(indent=2))
     m = cfg.model
     model = load_train_model(
         m.generator, path=m.path, pipeline_class=m.pipeline_class, vae=m.vae, lora_rank=cfg.lora.rank if cfg.lora else None,

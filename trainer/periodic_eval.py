@@ -38,9 +38,6 @@ class PeriodicEval:
         self.template: EvalConfig = parse_eval_config(data, source)
         self.source = source
 
-    def due(self, step: int) -> bool:
-        return step % self.cfg.eval.every == 0 or step == self.cfg.max_steps
-
     @property
     def columns(self) -> list[str]:
         from pipeline.eval.analyse import compared_metrics

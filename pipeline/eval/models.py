@@ -15,9 +15,9 @@ from typing import Any
 from pipeline.model_sources import check_model_source
 from schemas.config import GeneratorConfig
 from schemas.config_io import ConfigError
-from schemas.eval_config import EvalModelConfig
+from schemas.eval_config import LORA_FILE, EvalModelConfig
+from schemas.train_config import RUN_CONFIG
 
-LORA_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes (cli.py train's final/)
 _DENOISERS = ("unet", "transformer")
 _HASH_WHOLE = 256 * 2**20  # files up to this are hashed whole; larger ones by name, size and mtime
 
@@ -41,9 +41,9 @@ class EvalModel:
 def _train_run(cfg: EvalModelConfig, where: str) -> dict:
     """generator, model, lora / denoiser of a `cli.py train` output folder."""
     run = Path(cfg.train_run)
-    meta = run / "train_config.json"
+    meta = run / RUN_CONFIG
     if not meta.is_file():
-        raise ConfigError(f"{where}.train_run: {run}: no train_config.json (is it a `cli.py train` output folder?)")
+        raise ConfigError(f"{where}.train_run: {run}: no {RUN_CONFIG} (is it a `cli.py train` output folder?)")
     try:
         model = json.loads(meta.read_text())["model"]
     except (ValueError, KeyError, TypeError) as err:
