@@ -68,17 +68,27 @@ def _sign(x: float | None) -> int | None:
     return 1 if x > 0 else -1 if x < 0 else 0
 
 
-def _votes(row: dict, winner: dict, loser: dict, scorers: list[str]) -> dict[str, int | None]:
+def reward_votes(scores_a: dict, scores_b: dict, scorers: list[str]) -> dict[str, int | None]:
+    """Each reward model's vote (the sign of a's score minus b's; None when either is missing) and,
+    with all five models, their unanimous rule (+1 / -1 when all five agree, else 0)."""
     votes: dict[str, int | None] = {}
     for s in scorers:
-        w, lo = winner["scores"].get(s), loser["scores"].get(s)
-        votes[s] = None if w is None or lo is None else _sign(w - lo)
+        a, b = scores_a.get(s), scores_b.get(s)
+        votes[s] = None if a is None or b is None else _sign(a - b)
     decided = [votes[s] for s in scorers]
     if len(scorers) == len(REWARD_MODEL_NAMES) and None not in decided:
         votes["unanimous"] = 1 if all(v == 1 for v in decided) else -1 if all(v == -1 for v in decided) else 0
-    p = row.get("p_vlm")
-    votes["vlm"] = None if p is None else _sign(round(float(p) - 0.5, 9))
     return votes
+
+
+def _raters(scorers: list[str], own: str) -> list[str]:
+    """The study's raters: the reward models, their unanimous rule (with all five), then `own`."""
+    return [*scorers, *(["unanimous"] if len(scorers) == len(REWARD_MODEL_NAMES) else []), own]
+
+
+def _check_new(out: Path) -> None:
+    if (out / STUDY_FILE).exists():
+        raise StudyError(f"{out}: already a study folder; serve it with `cli.py annotate {out}` or choose another --study")
 
 
 def sample_build(build: str | Path, out: str | Path, n: int, seed: int = 0, repeat_share: float = 0.1) -> SampleResult:
@@ -88,8 +98,7 @@ def sample_build(build: str | Path, out: str | Path, n: int, seed: int = 0, repe
     files = selected.files()
     if not files:
         raise StudyError(f"{build}: no selected pairs (is it a finished build folder?)")
-    if (out / STUDY_FILE).exists():
-        raise StudyError(f"{out}: already a study folder; serve it with `cli.py annotate {out}` or choose another --study")
+    _check_new(out)
     config = yaml.safe_load((build / "config.yaml").read_text()) if (build / "config.yaml").is_file() else {}
     scorers = [r["name"] for r in config.get("scoring", {}).get("reward_models", [])] or list(REWARD_MODEL_NAMES)
     media_root = (config.get("media") or {}).get("root") or str(build / "media")
@@ -101,12 +110,14 @@ def sample_build(build: str | Path, out: str | Path, n: int, seed: int = 0, repe
         by_cat.setdefault(r["category"], []).append(r)
     want = allocate({c: len(v) for c, v in by_cat.items()}, n)
     chosen = [r for cat in sorted(by_cat) for r in by_cat[cat][: want[cat]]]
-    raters = [*scorers, *(["unanimous"] if len(scorers) == len(REWARD_MODEL_NAMES) else []), "vlm"]
+    raters = _raters(scorers, "vlm")
     store = MediaStore(media_root)
 
     def pair(r: dict) -> tuple[dict, bytes, bytes]:
         winner, loser = json.loads(r["winner_record"]), json.loads(r["loser_record"])
-        votes = _votes(r, winner, loser, scorers)
+        votes = reward_votes(winner["scores"], loser["scores"], scorers)
+        p = r.get("p_vlm")
+        votes["vlm"] = None if p is None else _sign(round(float(p) - 0.5, 9))
         row = {"pair_id": r["pair_id"], "category": r["category"], "modality": r["modality"], "prompt": r["prompt"],
                "source_id": r["pair_id"], "ext": media_extension(r["modality"], image_format),
                **{vote_column(k): votes.get(k) for k in raters}}
@@ -171,8 +182,7 @@ def sample_audit(audit: str | Path, out: str | Path, n: int, seed: int = 0, repe
     from schemas.audit import SCORED
 
     audit, out = Path(audit), Path(out)
-    if (out / STUDY_FILE).exists():
-        raise StudyError(f"{out}: already a study folder; serve it with `cli.py annotate {out}` or choose another --study")
+    _check_new(out)
     summary = json.loads((audit / "summary.json").read_text())
     sources = discover(summary["input"])
     if [s.path for s in sources] != summary["sources"]:
@@ -185,7 +195,7 @@ def sample_audit(audit: str | Path, out: str | Path, n: int, seed: int = 0, repe
     cols = ["row_id", "source", "row", "status", "label_0", *(f"{s}_{k}" for s in scorers for k in (0, 1))]
     rows = ds.dataset(files, format="parquet").to_table(columns=cols).to_pylist()
     rows = sorted((r for r in rows if r["status"] == SCORED), key=lambda r: _order_key(seed, r["row_id"]))[:n]
-    raters = [*scorers, *(["unanimous"] if len(scorers) == len(REWARD_MODEL_NAMES) else []), "label"]
+    raters = _raters(scorers, "label")
 
     def pairs():
         by_source: dict[int, list[dict]] = {}
@@ -200,11 +210,7 @@ def sample_audit(audit: str | Path, out: str | Path, n: int, seed: int = 0, repe
                 ext = _sniff(data_a or b"", video)
                 if not data_a or not data_b or ext is None or _sniff(data_b, video) != ext:
                     continue  # the input changed under the audit, or a format the page cannot show: left out
-                votes = {s: _sign(r[f"{s}_0"] - r[f"{s}_1"]) if None not in (r[f"{s}_0"], r[f"{s}_1"]) else None
-                         for s in scorers}
-                if "unanimous" in raters and None not in votes.values():
-                    v = list(votes.values())
-                    votes["unanimous"] = 1 if all(x == 1 for x in v) else -1 if all(x == -1 for x in v) else 0
+                votes = reward_votes({s: r[f"{s}_0"] for s in scorers}, {s: r[f"{s}_1"] for s in scorers}, scorers)
                 votes["label"] = _label_vote(r["label_0"])
                 pid = hashlib.sha256(f"vipo-study\x1f{r['row_id']}".encode()).hexdigest()[:16]
                 row = {"pair_id": pid, "category": AUDIT_CATEGORY, "modality": "video" if video else "image",
