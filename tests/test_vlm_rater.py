@@ -10,10 +10,8 @@ import json
 import math
 import pickle
 import sys
-import threading
 import time
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pyarrow as pa
@@ -313,54 +311,6 @@ def test_vllm_backend_without_vllm_says_how_to_install(monkeypatch, tiny_folder)
 def _completion(top: list[tuple[str, float]]) -> dict:
     first = {"token": top[0][0], "logprob": top[0][1], "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top]}
     return {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": top[0][0]}, "logprobs": {"content": [first]}, "finish_reason": "length"}]}
-
-
-class _Canned(BaseHTTPRequestHandler):
-    """Answers POST /v1/chat/completions from the server's script: (status, body or None, delay_s)."""
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        srv = self.server
-        if self.path == "/tokenize":  # vLLM's tokenizer endpoint, at the server root; 404 when the server has none
-            with srv.lock:
-                srv.tokenized.append(body)
-            known = srv.vocab is not None and body.get("prompt") in srv.vocab
-            self._reply(200 if known else 404, {"count": 1, "tokens": srv.vocab[body["prompt"]]} if known else {"detail": "Not Found"})
-            return
-        with srv.lock:
-            srv.seen.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-            status, payload, delay = srv.script.pop(0) if srv.script else (500, {"error": "script exhausted"}, 0)
-        time.sleep(delay)
-        self._reply(status, payload)
-
-    def _reply(self, status, payload):
-        data = json.dumps(payload).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
-            pass
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def canned_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
-    srv.daemon_threads = True
-    srv.lock, srv.seen, srv.script, srv.tokenized, srv.vocab = threading.Lock(), [], [], [], None
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
 
 
 def _url(srv) -> str:

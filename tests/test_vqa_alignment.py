@@ -7,12 +7,9 @@ body, by-id and by-text parsing, an answer with neither label returned as its er
 backend against a stand-in engine (SamplingParams per labels, parse, top-k fallback)."""
 from __future__ import annotations
 
-import json
 import math
 import sys
-import threading
 import types
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -300,44 +297,14 @@ def _completion(top: list[tuple[str, float]]) -> dict:
     return {"choices": [{"index": 0, "logprobs": {"content": [first]}, "finish_reason": "length"}]}
 
 
-class _Canned(BaseHTTPRequestHandler):
-    """POST /tokenize from `srv.vocab` (404 when None or unknown); chat completions from `srv.script`."""
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        srv = self.server
-        with srv.lock:
-            if self.path == "/tokenize":
-                srv.tokenized.append(body["prompt"])
-                known = srv.vocab is not None and body["prompt"] in srv.vocab
-                status, payload = (200, {"count": 1, "tokens": srv.vocab[body["prompt"]]}) if known else (404, {"detail": "Not Found"})
-            else:
-                srv.seen.append(body)
-                status, payload = srv.script.pop(0) if srv.script else (500, {"error": "script exhausted"})
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+def _asked(srv) -> list[str]:
+    """The texts the canned server was asked to tokenize, in order."""
+    return [body["prompt"] for body in srv.tokenized]
 
 
-@pytest.fixture
-def canned_server():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
-    srv.daemon_threads = True
-    srv.lock, srv.seen, srv.script, srv.tokenized, srv.vocab = threading.Lock(), [], [], [], None
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
+def _bodies(srv) -> list[dict]:
+    """The chat-completion request bodies the canned server received, in order."""
+    return [seen["body"] for seen in srv.seen]
 
 
 def _rater(srv) -> VLMRater:
@@ -352,48 +319,48 @@ def test_openai_backend_asks_a_vllm_server_for_the_yes_no_ids(canned_server):
     canned_server.vocab = {"Yes": [9454], " Yes": [7414], "No": [2753], " No": [2308], "A": [32], " A": [362], "B": [33], " B": [425]}
     by_id = lambda top: _completion([(f"token_id:{i}", lp) for i, lp in top])
     canned_server.script = [
-        (200, by_id([(9454, ln(0.5)), (7414, ln(0.1)), (2753, ln(0.3)), (2308, -9999.0)])),
-        (200, by_id([(151645, -0.01)])),  # neither label in the answer
-        (200, by_id([(32, ln(0.6)), (362, -9999.0), (33, ln(0.2)), (425, -9999.0)])),
-        (200, by_id([(33, ln(0.5)), (32, ln(0.5))])),
+        (200, by_id([(9454, ln(0.5)), (7414, ln(0.1)), (2753, ln(0.3)), (2308, -9999.0)]), 0),
+        (200, by_id([(151645, -0.01)]), 0),  # neither label in the answer
+        (200, by_id([(32, ln(0.6)), (362, -9999.0), (33, ln(0.2)), (425, -9999.0)]), 0),
+        (200, by_id([(33, ln(0.5)), (32, ln(0.5))]), 0),
     ]
     rater = _rater(canned_server)
     items = [AlignmentQuery("a", "a cat", [_image(0)]), AlignmentQuery("b", "a dog", [_image(1)])]
     p, err = rater.alignment_each(items)
     assert p == pytest.approx(0.6, abs=1e-12)
     assert isinstance(err, RaterAnswerError) and "item b" in str(err)  # returned, not raised
-    assert canned_server.tokenized == ["Yes", " Yes", "No", " No"]  # once, before the requests
-    for body in canned_server.seen:
+    assert _asked(canned_server) == ["Yes", " Yes", "No", " No"]  # once, before the requests
+    for body in _bodies(canned_server):
         assert body["logprob_token_ids"] == [2308, 2753, 7414, 9454] and body["return_tokens_as_token_ids"] is True
         assert {k: body[k] for k in ("model", "max_tokens", "logprobs", "temperature")} == {
             "model": "qwen-vl", "max_tokens": 1, "logprobs": True, "temperature": 0}
-    [msg] = canned_server.seen[0]["messages"]
+    [msg] = _bodies(canned_server)[0]["messages"]
     assert [c["type"] for c in msg["content"]] == ["image_url", "text"]
     assert msg["content"][1]["text"] == T2V_METRICS_QUESTION.format("a cat")
     # the pairwise labels are resolved on their own, and their requests ask for their own ids
     [j] = rater.rate([PairQuery("p", "a cat", "aesthetics", [_image(0)], [_image(1)])])
-    assert canned_server.tokenized[4:] == ["A", " A", "B", " B"]
-    assert canned_server.seen[-1]["logprob_token_ids"] == [32, 33, 362, 425]
+    assert _asked(canned_server)[4:] == ["A", " A", "B", " B"]
+    assert _bodies(canned_server)[-1]["logprob_token_ids"] == [32, 33, 362, 425]
     assert j.p_ab == pytest.approx(0.75, abs=1e-12) and j.p_ba == pytest.approx(0.5, abs=1e-12)
     assert rater.backend.label_ids == {"A": [32, 362], "B": [33, 425]}
-    canned_server.script = [(200, by_id([(9454, ln(0.25))]))]
+    canned_server.script = [(200, by_id([(9454, ln(0.25))]), 0)]
     assert rater.alignment(items[:1]) == [pytest.approx(0.25, abs=1e-12)]
-    assert len(canned_server.tokenized) == 8  # cached per labels
+    assert len(_asked(canned_server)) == 8  # cached per labels
 
 
 def test_openai_backend_without_tokenize_matches_by_text(canned_server):
     canned_server.script = [
-        (200, _completion([("Yes", ln(0.5)), (" Yes", ln(0.2)), ("yes", ln(0.1)), ("No", ln(0.1))])),
-        (200, _completion([("Maybe", -0.1), ("I", -2.5)])),  # neither label among the top k
-        (200, _completion([("No", -0.05), ("Maybe", -3.0)])),
+        (200, _completion([("Yes", ln(0.5)), (" Yes", ln(0.2)), ("yes", ln(0.1)), ("No", ln(0.1))]), 0),
+        (200, _completion([("Maybe", -0.1), ("I", -2.5)]), 0),  # neither label among the top k
+        (200, _completion([("No", -0.05), ("Maybe", -3.0)]), 0),
     ]
     rater = _rater(canned_server)
     items = [AlignmentQuery(f"i{k}", "a cat", [_image(k)]) for k in range(3)]
     p0, p1, p2 = rater.alignment_each(items)
     assert p0 == pytest.approx(0.7, abs=1e-12) and p2 == 0.0
     assert isinstance(p1, RaterAnswerError) and "item i1" in str(p1)
-    assert canned_server.tokenized == ["Yes"]  # a 404: no /tokenize here, top-k from now on
-    assert all("logprob_token_ids" not in body and body["top_logprobs"] == 20 for body in canned_server.seen)
+    assert _asked(canned_server) == ["Yes"]  # a 404: no /tokenize here, top-k from now on
+    assert all("logprob_token_ids" not in body and body["top_logprobs"] == 20 for body in _bodies(canned_server))
     backend = rater.backend
     assert isinstance(backend, OpenAIBackend) and backend.resolve_label_ids() is None
-    assert canned_server.tokenized == ["Yes"]  # not asked again, for any labels
+    assert _asked(canned_server) == ["Yes"]  # not asked again, for any labels
